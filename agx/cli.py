@@ -1,0 +1,210 @@
+"""The `agx` command: run the services, and talk to a running agx from a terminal."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from agx.client import ApiError, Client
+from shared.settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _services() -> Any:
+    from shared.services import Services
+
+    return Services(_settings().require(), pool_size=4)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
+def main(verbose: bool) -> None:
+    """agx: run AI-agent executions on a distributed job queue."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+def migrate() -> None:
+    """Upgrade the database schema to the latest migration."""
+    from shared.db import migrate as run
+
+    settings = _settings().require()
+    run(settings.database_url or "")
+    click.echo("database is up to date")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", "procs", default=1, show_default=True, help="gunicorn processes")
+@click.option("--threads", default=32, show_default=True)
+def api(host: str, port: int, procs: int, threads: int) -> None:
+    """Serve the REST API, streams and pages (gunicorn, threaded)."""
+    from agx.serve import ApiServer
+
+    _settings().require()
+    ApiServer(f"{host}:{port}", procs, threads).run()
+
+
+@main.command()
+@click.option("--processes", "-p", default=2, show_default=True)
+@click.option("--threads", "-t", default=8, show_default=True)
+def workers(processes: int, threads: int) -> None:
+    """Run a Dramatiq worker pool consuming executions."""
+    _settings().require()
+    env = dict(os.environ)
+    # Prefetch no more than a process can start: parked executions wait in Redis, not here.
+    env.setdefault("dramatiq_queue_prefetch", str(threads))
+    argv = [sys.executable, "-m", "dramatiq", "workers.main", "--processes", str(processes),
+            "--threads", str(threads), "--worker-shutdown-timeout", "15000"]
+    os.execve(sys.executable, argv, env)
+
+
+@main.command()
+@click.option("--interval", default=2.0, show_default=True, help="seconds between sweeps")
+def reaper(interval: float) -> None:
+    """Re-dispatch lost submissions, fail runs whose worker died, promote waiters."""
+    import signal
+    import threading
+
+    from workers.reaper import run_forever
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        run_forever(_services(), interval, stop)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--port", default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--processes", default=1, show_default=True, help="worker processes")
+@click.option("--threads", default=8, show_default=True, help="threads per worker process")
+def up(port: int, host: str, processes: int, threads: int) -> None:
+    """Start everything on this machine (embedded PostgreSQL/Redis where no URL is set)."""
+    from agx.up import run_up
+
+    sys.exit(run_up(_settings(), host=host, port=port, processes=processes, threads=threads))
+
+
+@main.command()
+@click.argument("agent")
+@click.argument("message")
+@click.option("--model", default=None)
+@click.option("--timeout", "timeout_seconds", type=int, default=None)
+@click.option("--follow", "-f", is_flag=True, help="Wait and print the result.")
+def task(agent: str, message: str, model: str | None, timeout_seconds: int | None,
+         follow: bool) -> None:
+    """Submit a task to AGENT."""
+    client = Client()
+    body = {"message": message, "model": model, "timeout_seconds": timeout_seconds}
+    data = _call(client, "POST", f"/api/agents/{agent}/task",
+                 {k: v for k, v in body.items() if v is not None})
+    if not follow:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"execution {data['execution_id']} {data['status']}", err=True)
+    sys.exit(_follow(client, agent, data["execution_id"]))
+
+
+@main.command()
+@click.argument("execution_id")
+def tail(execution_id: str) -> None:
+    """Wait for an execution and print its transcript and outcome."""
+    client = Client()
+    found = _call(client, "GET", "/api/executions", params={"q": execution_id, "limit": 1})
+    if not found["items"]:
+        raise click.ClickException(f"execution {execution_id} not found")
+    sys.exit(_follow(client, found["items"][0]["agent_name"], execution_id))
+
+
+def _follow(client: Client, agent: str, execution_id: str) -> int:
+    import time
+
+    delay = 0.1
+    while True:
+        record = _call(client, "GET", f"/api/agents/{agent}/executions/{execution_id}")
+        if record["status"] in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+    click.echo(record.get("transcript", ""))
+    click.echo(f"--- {record['status']}" + (f": {record['error']}" if record["error"] else ""),
+               err=True)
+    if record.get("response"):
+        click.echo(record["response"])
+    return 0 if record["status"] == "completed" else 1
+
+
+@main.command("ls")
+@click.option("--agent", default=None)
+@click.option("--status", default=None)
+@click.option("--trigger", default=None)
+@click.option("--since", default=None, help="ISO 8601 time")
+@click.option("--limit", default=20, show_default=True)
+def ls(agent: str | None, status: str | None, trigger: str | None, since: str | None,
+       limit: int) -> None:
+    """List recent executions, newest first."""
+    data = _call(Client(), "GET", "/api/executions", params={
+        "agent": agent, "status": status, "trigger": trigger, "since": since, "limit": limit})
+    for item in data["items"]:
+        cost = f"${item['cost']:.4f}" if item["cost"] is not None else "-"
+        click.echo(f"{item['id']}  {item['agent_name']:<16} {item['status']:<10} "
+                   f"{item['triggered_by']:<8} {item['created_at']}  {cost}  "
+                   f"{item['message'][:40]!r}")
+
+
+@main.group()
+def agents() -> None:
+    """Manage agents."""
+
+
+@agents.command("apply")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def agents_apply(path: Path) -> None:
+    """Create or update the agents listed in a YAML file (idempotent)."""
+    from agx.apply import apply_file
+
+    for name, change in apply_file(_services(), path):
+        click.echo(f"{change:<9} {name}")
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--agent", "agent_names", multiple=True, help="Scope the key to this agent.")
+def keys_create(name: str, agent_names: tuple[str, ...]) -> None:
+    """Create an API key (admin, or scoped with --agent) and print it once."""
+    from shared.apikeys import create_key
+
+    services = _services()
+    with services.Session.begin() as session:
+        key = create_key(session, name, list(agent_names))
+    click.echo(key)
+
+
+def _call(client: Client, method: str, path: str, body: Any = None,
+          params: dict[str, Any] | None = None) -> Any:
+    try:
+        return client.request(method, path, body, params)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach agx at {client.url}: {exc}") from None

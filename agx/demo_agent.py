@@ -1,0 +1,200 @@
+"""A stand-in agent that speaks Claude Code's stream-json, steered by directives in its message.
+
+Run as ``python -m agx.demo_agent [--model M] [--resume SESSION]``; the message
+comes on stdin. Whitespace-separated directives anywhere in the message change
+its behaviour (``sleep=2``, ``lines=100``, ``exit=3``, ``no-result``,
+``secret``, ``ignore-signals``, ``grandchild``, ``garbage``, ``stderr``);
+every other word is ordinary text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_MODEL = "demo-model"
+REPLY_PREFIX = "demo: "
+MESSAGE_CHARS = 200  #: characters of the message echoed in the reply
+SLEEP_STEP_SECONDS = 0.05
+COST_PER_TOKEN_USD = 0.00001
+RECORD_ENV = "AGX_DEMO_RECORD"
+FAKE_SECRETS = (
+    "ANTHROPIC_API_KEY=sk-ant-demo1234567890abcdefXYZ "
+    "Authorization: Bearer abcdef0123456789abcdef0123"
+)
+GRANDCHILD_CODE = "import time; time.sleep(3600)"
+
+
+@dataclass(frozen=True)
+class Directives:
+    """The behaviour switches found in a message."""
+
+    sleep_seconds: float = 0.0
+    extra_lines: int = 0
+    exit_code: int | None = None
+    no_result: bool = False
+    secret: bool = False
+    ignore_signals: bool = False
+    grandchild: bool = False
+    garbage: bool = False
+    stderr: bool = False
+
+
+_FLAGS = {
+    "no-result": "no_result",
+    "secret": "secret",
+    "ignore-signals": "ignore_signals",
+    "grandchild": "grandchild",
+    "garbage": "garbage",
+    "stderr": "stderr",
+}
+_VALUED = {
+    "sleep": ("sleep_seconds", float),
+    "lines": ("extra_lines", int),
+    "exit": ("exit_code", int),
+}
+
+
+def parse_directives(message: str) -> Directives:
+    """Collect the directives among the message's whitespace-separated words."""
+    found: dict[str, Any] = {}
+    for word in message.split():
+        name, sep, value = word.partition("=")
+        if not sep and word in _FLAGS:
+            found[_FLAGS[word]] = True
+        elif sep and name in _VALUED:
+            field, convert = _VALUED[name]
+            with contextlib.suppress(ValueError):  # a malformed directive is just text
+                found[field] = convert(value)
+    return Directives(**found)
+
+
+def emit(event: object) -> None:
+    """Print one JSON line and flush it, so a reader sees it at once."""
+    print(json.dumps(event), flush=True)
+
+
+def record(event: str, message: str) -> None:
+    """Append one event line to the file named by AGX_DEMO_RECORD, if set."""
+    path = os.environ.get(RECORD_ENV)
+    if not path:
+        return
+    line = json.dumps({"event": event, "t": time.time(), "pid": os.getpid(), "message": message})
+    # One os.write on an O_APPEND fd is atomic for short lines: concurrent agents never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def assistant(text: str, model: str, session_id: str, usage: dict[str, int] | None = None) -> None:
+    """Print an assistant event carrying one text block."""
+    message: dict[str, Any] = {"model": model, "content": [{"type": "text", "text": text}]}
+    if usage is not None:
+        message["usage"] = usage
+    emit({"type": "assistant", "message": message, "session_id": session_id})
+
+
+def start_grandchild() -> int:
+    """Start a long-lived child that is deliberately never waited for."""
+    child = subprocess.Popen([sys.executable, "-c", GRANDCHILD_CODE], stdin=subprocess.DEVNULL)
+    return child.pid
+
+
+def pause(seconds: float) -> None:
+    """Sleep in small steps so signals are noticed promptly."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(SLEEP_STEP_SECONDS, left))
+
+
+def side_effects(todo: Directives, model: str, session_id: str) -> None:
+    """Print the extra lines the directives ask for, then pause."""
+    if todo.stderr:
+        print("demo agent: a line on stderr", file=sys.stderr, flush=True)
+    if todo.grandchild:
+        assistant(f"grandchild pid={start_grandchild()}", model, session_id)
+    if todo.secret:
+        assistant(FAKE_SECRETS, model, session_id)
+    for i in range(todo.extra_lines):
+        assistant(f"line {i}", model, session_id)
+    if todo.garbage:
+        print("this is not json", flush=True)
+        print("[1,2,3]", flush=True)
+    pause(todo.sleep_seconds)
+
+
+def converse(message: str, model: str, session_id: str, todo: Directives) -> None:
+    """Print the whole stream for one message: init, extras, reply and result."""
+    started = time.monotonic()
+    emit(
+        {
+            "type": "system",
+            "subtype": "init",
+            "session_id": session_id,
+            "model": model,
+            "tools": [],
+            "cwd": os.getcwd(),
+        }
+    )
+    side_effects(todo, model, session_id)
+    reply = REPLY_PREFIX + message.strip()[:MESSAGE_CHARS]
+    usage = {"input_tokens": len(message.split()), "output_tokens": len(reply.split())}
+    assistant(reply, model, session_id, usage)
+    if todo.no_result:
+        return
+    cost = round((usage["input_tokens"] + usage["output_tokens"]) * COST_PER_TOKEN_USD, 6)
+    emit(
+        {
+            "type": "result",
+            "subtype": "success",
+            "is_error": False,
+            "result": reply,
+            "session_id": session_id,
+            "total_cost_usd": cost,
+            "duration_ms": int((time.monotonic() - started) * 1000),
+            "num_turns": 1,
+            "usage": usage,
+        }
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Read --model and --resume, ignoring every other argument."""
+    parser = argparse.ArgumentParser(prog="agx.demo_agent", allow_abbrev=False)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--resume", default=None)
+    known, _ignored = parser.parse_known_args(argv)
+    return known
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo agent on stdin and return its exit code."""
+    args = parse_args(argv)
+    message = sys.stdin.read()
+    todo = parse_directives(message)
+    if todo.ignore_signals:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    record("start", message)
+    try:
+        converse(message, args.model, args.resume or str(uuid.uuid4()), todo)
+    except KeyboardInterrupt:
+        return 130  # interrupted like a shell command would be
+    finally:
+        record("end", message)
+    return todo.exit_code if todo.exit_code is not None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

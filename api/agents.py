@@ -1,0 +1,133 @@
+"""REST: agents, and submitting tasks to them."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, jsonify
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+
+from api.context import principal, require_admin, require_agent_visible, services
+from api.serialize import execution_dict
+from api.validation import json_body
+from producer import submit_execution
+from shared.agents import AgentPatch, AgentSpec, agent_dict, agent_values
+from shared.errors import Conflict, NotFound
+from shared.models import Agent, Execution
+from shared.states import ExecutionStatus, Trigger
+
+bp = Blueprint("agents", __name__, url_prefix="/api/agents")
+
+
+class TaskRequest(BaseModel):
+    """Body of POST /api/agents/{name}/task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(min_length=1)
+    model: str | None = None
+    timeout_seconds: int | None = Field(None, ge=1)
+    wait: bool = False
+
+
+@bp.get("")
+def list_agents() -> Any:
+    """List the agents the caller may see."""
+    who = principal()
+    with services().Session() as session:
+        agents = session.scalars(select(Agent).order_by(Agent.name)).all()
+    return jsonify({"items": [agent_dict(a) for a in agents if who.may_see(a.name)]})
+
+
+@bp.post("")
+@json_body(AgentSpec)
+def create_agent(body: AgentSpec) -> Any:
+    """Create an agent (admin)."""
+    require_admin()
+    with services().Session.begin() as session:
+        if session.get(Agent, body.name) is not None:
+            raise Conflict(f"agent '{body.name}' already exists; PATCH it instead")
+        agent = Agent(name=body.name, **agent_values(body))
+        session.add(agent)
+        session.flush()
+        data = agent_dict(agent)
+    return jsonify(data), 201
+
+
+@bp.get("/<name>")
+def get_agent(name: str) -> Any:
+    """One agent."""
+    require_agent_visible(name)
+    with services().Session() as session:
+        return jsonify(agent_dict(_agent(session, name)))
+
+
+@bp.patch("/<name>")
+@json_body(AgentPatch)
+def patch_agent(name: str, body: AgentPatch) -> Any:
+    """Change some fields of an agent (admin)."""
+    require_admin()
+    with services().Session.begin() as session:
+        agent = _agent(session, name)
+        for key, value in agent_values(body).items():
+            setattr(agent, key, value)
+        session.flush()
+        data = agent_dict(agent)
+    return jsonify(data)
+
+
+@bp.delete("/<name>")
+def delete_agent(name: str) -> Any:
+    """Delete an agent and its history (admin); refused while it has live executions."""
+    require_admin()
+    with services().Session.begin() as session:
+        agent = _agent(session, name)
+        live = session.scalar(select(func.count()).select_from(Execution).where(
+            Execution.agent_name == name,
+            Execution.status.in_([ExecutionStatus.pending.value, ExecutionStatus.running.value])))
+        if live:
+            raise Conflict(f"agent '{name}' has {live} pending or running executions; stop them first")
+        session.delete(agent)
+    return "", 204
+
+
+@bp.post("/<name>/task")
+@json_body(TaskRequest)
+def submit_task(name: str, body: TaskRequest) -> Any:
+    """Submit a task: 202 with the execution id, or the finished execution with `wait`."""
+    who = require_agent_visible(name)
+    svc = services()
+    submitted = submit_execution(svc, name, body.message, model=body.model,
+                                 timeout_seconds=body.timeout_seconds,
+                                 triggered_by=Trigger.manual, source=f"key:{who.name}")
+    execution = submitted.execution
+    if body.wait:
+        execution = _wait_terminal(execution.id, svc.settings.wait_max_seconds)
+        if ExecutionStatus(execution.status).terminal:
+            return jsonify(execution_dict(execution)), 200
+    data = execution_dict(execution)
+    return jsonify({"execution_id": execution.id, "status": execution.status,
+                    "queue_position": data["queue_position"], "links": data["links"]}), 202
+
+
+def _wait_terminal(execution_id: str, max_seconds: float) -> Execution:
+    """Poll the row (backing off to 0.5 s) until terminal or the wait bound passes."""
+    deadline = time.monotonic() + max_seconds
+    delay = 0.02
+    while True:
+        with services().Session() as session:
+            execution = session.get(Execution, execution_id)
+        assert execution is not None
+        if ExecutionStatus(execution.status).terminal or time.monotonic() >= deadline:
+            return execution
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def _agent(session: Any, name: str) -> Agent:
+    agent = session.get(Agent, name)
+    if agent is None:
+        raise NotFound(f"agent '{name}' does not exist")
+    return agent

@@ -1,0 +1,131 @@
+"""REST: listing and reading executions."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from flask import Blueprint, jsonify
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Select, and_, or_, select, tuple_
+
+from api.context import principal, require_agent_visible, services
+from api.serialize import execution_dict
+from api.validation import query_params
+from shared.errors import InvalidField, NotFound
+from shared.models import Execution, Transcript
+from shared.states import ExecutionStatus
+from shared.timefmt import parse_iso
+
+bp = Blueprint("executions", __name__, url_prefix="/api")
+
+Status = Literal["pending", "running", "completed", "failed", "cancelled"]
+TriggerName = Literal["manual", "schedule", "mcp", "chat", "paid"]
+
+
+class ListQuery(BaseModel):
+    """Filters and paging for execution lists."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str | None = Field(None, max_length=64)
+    status: Status | None = None
+    trigger: TriggerName | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    q: str | None = Field(None, max_length=200)
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=200)
+
+
+@bp.get("/executions")
+@query_params(ListQuery)
+def list_executions(query: ListQuery) -> Any:
+    """Executions, newest first, with filters and a cursor."""
+    return jsonify(_page(query))
+
+
+@bp.get("/agents/<name>/executions")
+@query_params(ListQuery)
+def list_agent_executions(name: str, query: ListQuery) -> Any:
+    """One agent's executions, newest first."""
+    require_agent_visible(name)
+    return jsonify(_page(query.model_copy(update={"agent": name})))
+
+
+@bp.get("/agents/<name>/executions/<execution_id>")
+def get_execution(name: str, execution_id: str) -> Any:
+    """The whole record of one execution, with its transcript."""
+    require_agent_visible(name)
+    with services().Session() as session:
+        execution = session.get(Execution, execution_id)
+        if execution is None or execution.agent_name != name:
+            raise NotFound(f"execution '{execution_id}' of agent '{name}' does not exist")
+        transcript = session.get(Transcript, execution_id)
+    return jsonify(execution_dict(execution, _positions([execution]).get(execution.id),
+                                  transcript.content if transcript else ""))
+
+
+def _page(query: ListQuery) -> dict[str, Any]:
+    stmt = _filtered(select(Execution), query)
+    if query.cursor:
+        created, eid = _decode_cursor(query.cursor)
+        stmt = stmt.where(tuple_(Execution.created_at, Execution.id) < tuple_(created, eid))
+    stmt = stmt.order_by(Execution.created_at.desc(), Execution.id.desc()).limit(query.limit + 1)
+    with services().Session() as session:
+        rows = list(session.scalars(stmt))
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    positions = _positions(rows)
+    return {"items": [execution_dict(r, positions.get(r.id)) for r in rows],
+            "next_cursor": _encode_cursor(rows[-1]) if more and rows else None}
+
+
+def _filtered(stmt: Select[Any], query: ListQuery) -> Select[Any]:
+    who = principal()
+    conditions = []
+    if not who.is_admin:
+        conditions.append(Execution.agent_name.in_(who.agents))
+    if query.agent:
+        conditions.append(Execution.agent_name == query.agent)
+    if query.status:
+        conditions.append(Execution.status == query.status)
+    if query.trigger:
+        conditions.append(Execution.triggered_by == query.trigger)
+    if query.since:
+        conditions.append(Execution.created_at >= _aware(query.since))
+    if query.until:
+        conditions.append(Execution.created_at < _aware(query.until))
+    if query.q:
+        pattern = "%" + query.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        conditions.append(or_(Execution.message.ilike(pattern), Execution.response.ilike(pattern),
+                              Execution.id == query.q))
+    return stmt.where(and_(*conditions)) if conditions else stmt
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _positions(rows: list[Execution]) -> dict[str, int]:
+    """Live queue positions of the pending rows that wait for a slot."""
+    waiting = [r for r in rows if r.status == ExecutionStatus.pending.value and r.queued_at]
+    slots = services().slots
+    found = {r.id: slots.position(r.agent_name, r.id) for r in waiting}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _encode_cursor(row: Execution) -> str:
+    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, eid = raw.split("|", 1)
+        return parse_iso(created), eid
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidField("cursor", "is not a cursor returned by this API") from None

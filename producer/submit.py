@@ -1,0 +1,122 @@
+"""`submit_execution`: the single entry point that every trigger goes through."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from shared.errors import InvalidField, NotFound, QueueFull
+from shared.models import Agent, Execution, utcnow
+from shared.services import Services
+from shared.states import ExecutionStatus, Trigger
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 100 * 1024  #: largest message accepted, in UTF-8 bytes
+MODEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/\[\]-]{0,127}")
+_IN_FLIGHT = (ExecutionStatus.pending.value, ExecutionStatus.running.value)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What a producer hands back: the stored row and whether its id reached the broker."""
+
+    execution: Execution
+    published: bool
+
+
+def validate_message(message: object, field: str = "message") -> str:
+    """A non-empty string of at most 100 KB with no NUL."""
+    if not isinstance(message, str) or not message.strip():
+        raise InvalidField(field, "must be a non-empty string")
+    if "\x00" in message:
+        raise InvalidField(field, "must not contain NUL characters")
+    if len(message.encode("utf-8", "surrogatepass")) > MAX_MESSAGE_BYTES:
+        raise InvalidField(field, f"must be at most {MAX_MESSAGE_BYTES} bytes")
+    return message
+
+
+def validate_model(model: object, field: str = "model") -> str | None:
+    """None, or a model name made of safe characters (it becomes an argv item)."""
+    if model is None:
+        return None
+    if not isinstance(model, str) or not MODEL_PATTERN.fullmatch(model):
+        raise InvalidField(field, "must be a model name like 'claude-sonnet-4-6'")
+    return model
+
+
+def validate_timeout(timeout: object, agent: Agent, field: str = "timeout_seconds") -> int | None:
+    """None, or whole seconds between 1 and the agent's own timeout_seconds."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int):
+        raise InvalidField(field, "must be a whole number of seconds")
+    if not 1 <= timeout <= agent.timeout_seconds:
+        raise InvalidField(field, f"must be between 1 and {agent.timeout_seconds} for this agent")
+    return timeout
+
+
+def _check_queue_limit(session, agent: Agent) -> None:
+    in_flight = session.scalar(
+        select(func.count()).select_from(Execution)
+        .where(Execution.agent_name == agent.name, Execution.status.in_(_IN_FLIGHT))
+    )
+    if in_flight >= agent.max_parallel_tasks + agent.queue_limit:
+        raise QueueFull(
+            f"agent '{agent.name}' has {agent.queue_limit} executions waiting (queue_limit); "
+            "try again when some have finished"
+        )
+
+
+def submit_execution(
+    services: Services,
+    agent_name: str,
+    message: object,
+    *,
+    model: object = None,
+    timeout_seconds: object = None,
+    triggered_by: Trigger = Trigger.manual,
+    source: str | None = None,
+    schedule_id: str | None = None,
+    scheduled_for: datetime | None = None,
+    parent_execution_id: str | None = None,
+    resume_session_id: str | None = None,
+) -> Submitted:
+    """Validate, store the row `pending`, commit, then publish its id (re-sent later if that fails)."""
+    message = validate_message(message)
+    model = validate_model(model)
+    with services.Session.begin() as session:
+        # Row lock on the agent serialises this agent's submissions, so queue_limit is exact.
+        agent = session.scalar(
+            select(Agent).where(Agent.name == agent_name).with_for_update(key_share=True)
+        )
+        if agent is None:
+            raise NotFound(f"agent '{agent_name}' does not exist")
+        timeout = validate_timeout(timeout_seconds, agent)
+        _check_queue_limit(session, agent)
+        now = utcnow()
+        execution = Execution(
+            agent_name=agent.name, status=ExecutionStatus.pending.value,
+            triggered_by=Trigger(triggered_by).value, message=message,
+            model=model or agent.default_model, timeout_seconds=timeout, source=source,
+            schedule_id=schedule_id, scheduled_for=scheduled_for,
+            parent_execution_id=parent_execution_id, resume_session_id=resume_session_id,
+            created_at=now, dispatched_at=now, attempt=0,
+        )
+        session.add(execution)
+    return Submitted(execution, publish_or_defer(services, execution.id))
+
+
+def publish_or_defer(services: Services, execution_id: str) -> bool:
+    """Publish the id; on failure leave the row pending for the reaper's re-dispatch sweep."""
+    try:
+        services.publish(execution_id)
+        return True
+    except Exception:  # any broker failure: the row is the truth, the sweep re-sends
+        log.warning("publish of execution %s failed; it will be re-sent", execution_id,
+                    exc_info=True)
+        return False

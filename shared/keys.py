@@ -1,0 +1,45 @@
+"""Every Redis key name agx uses, built in one place."""
+
+from __future__ import annotations
+
+PREFIX = "agx"
+
+
+def slots(agent: str) -> str:
+    """ZSET member=execution_id score=lease expiry (ms since epoch): running leases."""
+    return f"{PREFIX}:slots:{{{agent}}}"
+
+
+def lease_caps(agent: str) -> str:
+    """HASH execution_id -> hard lease cap (ms since epoch): timeout + buffer."""
+    return f"{PREFIX}:caps:{{{agent}}}"
+
+
+def waiting(agent: str) -> str:
+    """ZSET member=execution_id score=arrival sequence: the agent's FIFO waiting list."""
+    return f"{PREFIX}:wait:{{{agent}}}"
+
+
+def wait_seq(agent: str) -> str:
+    """STRING counter giving each waiter its FIFO sequence number."""
+    return f"{PREFIX}:waitseq:{{{agent}}}"
+
+
+def agents_index() -> str:
+    """SET of agent names that have (or had) slots or waiters, for the reaper."""
+    return f"{PREFIX}:agents"
+
+
+def events_channel(execution_id: str) -> str:
+    """Pub/sub channel carrying an execution's live events."""
+    return f"{PREFIX}:events:{execution_id}"
+
+
+def events_stream(execution_id: str) -> str:
+    """STREAM of an execution's events, for replay to late subscribers."""
+    return f"{PREFIX}:stream:{execution_id}"
+
+
+def control_channel() -> str:
+    """Pub/sub channel for cancel requests to workers."""
+    return f"{PREFIX}:control"

@@ -1,0 +1,195 @@
+"""SQLAlchemy 2 typed models: PostgreSQL holds the truth."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.states import ExecutionStatus
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+#: Agent defaults (DESIGN §3).
+DEFAULT_MAX_PARALLEL_TASKS = 3
+DEFAULT_TIMEOUT_SECONDS = 900
+DEFAULT_QUEUE_LIMIT = 100
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now in UTC."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A URL-safe, time-ordered id: 48 bits of milliseconds then 80 random bits, base32."""
+    n = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    return "".join(_CROCKFORD[(n >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+class Base(DeclarativeBase):
+    """Declarative base for all agx tables."""
+
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class Agent(Base):
+    """A named program that takes a message and writes a transcript."""
+
+    __tablename__ = "agents"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    command: Mapped[list[str]] = mapped_column(JSON)
+    output: Mapped[str] = mapped_column(String(32), default="claude-stream-json")
+    default_model: Mapped[str | None] = mapped_column(String(128))
+    max_parallel_tasks: Mapped[int] = mapped_column(Integer, default=DEFAULT_MAX_PARALLEL_TASKS)
+    timeout_seconds: Mapped[int] = mapped_column(Integer, default=DEFAULT_TIMEOUT_SECONDS)
+    queue_limit: Mapped[int] = mapped_column(Integer, default=DEFAULT_QUEUE_LIMIT)
+    workdir: Mapped[str | None] = mapped_column(Text)
+    env: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    price: Mapped[Decimal | None] = mapped_column(Numeric(18, 6))
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Execution(Base):
+    """One run of a task on an agent."""
+
+    __tablename__ = "executions"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending','running','completed','failed','cancelled')", name="status_valid"
+        ),
+        CheckConstraint(
+            "triggered_by IN ('manual','schedule','mcp','chat','paid')", name="trigger_valid"
+        ),
+        UniqueConstraint("schedule_id", "scheduled_for", name="one_fire_per_due_time"),
+        Index("ix_executions_created", "created_at", "id"),
+        Index("ix_executions_agent_created", "agent_name", "created_at", "id"),
+        Index("ix_executions_status_created", "status", "created_at"),
+        Index("ix_executions_trigger_created", "triggered_by", "created_at"),
+        Index("ix_executions_agent_status", "agent_name", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    agent_name: Mapped[str] = mapped_column(ForeignKey("agents.name", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default=ExecutionStatus.pending.value)
+    triggered_by: Mapped[str] = mapped_column(String(16), default="manual")
+    message: Mapped[str] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(128))
+    model_used: Mapped[str | None] = mapped_column(String(128))
+    timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    cost: Mapped[Decimal | None] = mapped_column(Numeric(18, 8))
+    input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    num_turns: Mapped[int | None] = mapped_column(Integer)
+    claude_session_id: Mapped[str | None] = mapped_column(String(128))
+    resume_session_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column()
+    queued_at: Mapped[datetime | None] = mapped_column()
+    started_at: Mapped[datetime | None] = mapped_column()
+    completed_at: Mapped[datetime | None] = mapped_column()
+    duration_ms: Mapped[int | None] = mapped_column(BigInteger)
+    schedule_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    scheduled_for: Mapped[datetime | None] = mapped_column()
+    parent_execution_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    source: Mapped[str | None] = mapped_column(String(200))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    cancel_requested_at: Mapped[datetime | None] = mapped_column()
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+
+
+class Transcript(Base):
+    """The full stdout of an execution, one row per execution, never silently truncated."""
+
+    __tablename__ = "transcripts"
+
+    execution_id: Mapped[str] = mapped_column(
+        ForeignKey("executions.id", ondelete="CASCADE"), primary_key=True
+    )
+    content: Mapped[str] = mapped_column(Text, default="")
+    line_count: Mapped[int] = mapped_column(Integer, default=0)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Schedule(Base):
+    """A cron schedule that submits executions of an agent."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        CheckConstraint("overlap IN ('skip','queue','allow')", name="overlap_valid"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    agent_name: Mapped[str] = mapped_column(ForeignKey("agents.name", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    cron: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    message: Mapped[str] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(128))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    overlap: Mapped[str] = mapped_column(String(8), default="skip")
+    misfire_grace_seconds: Mapped[int] = mapped_column(Integer, default=300)
+    next_run_at: Mapped[datetime | None] = mapped_column()
+    last_run_at: Mapped[datetime | None] = mapped_column()
+    created_from_execution_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Payment(Base):
+    """An x402 payment; its id is the idempotency key."""
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        CheckConstraint("status IN ('verified','settled','voided')", name="payment_status_valid"),
+    )
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    execution_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    payer: Mapped[str | None] = mapped_column(String(200))
+    amount: Mapped[Decimal] = mapped_column(Numeric(38, 0))
+    asset: Mapped[str] = mapped_column(String(200))
+    network: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="verified")
+    settled_at: Mapped[datetime | None] = mapped_column()
+    tx: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """A bearer API key, stored as a SHA-256 hash; `agent` keys see only their agents."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (CheckConstraint("role IN ('admin','agent')", name="role_valid"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(8), default="admin")
+    agents: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,67 @@
+"""The per-process handles on PostgreSQL, Redis and the broker, built once from settings."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import dramatiq
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.broker import make_broker, publish
+from shared.db import make_engine, make_sessionmaker
+from shared.settings import Settings
+from shared.slots import Slots
+
+
+@dataclass
+class Services:
+    """Lazily connected clients for one process; pass it down instead of using globals."""
+
+    settings: Settings
+    pool_size: int = 10
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine."""
+        assert self.settings.database_url, "AGX_DATABASE_URL is not set"
+        return make_engine(self.settings.database_url, self.pool_size)
+
+    @cached_property
+    def Session(self) -> sessionmaker[Session]:  # noqa: N802 - it is a session factory
+        """The one sessionmaker of this process."""
+        return make_sessionmaker(self.engine)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        """Redis client for slots, waiting lists and events."""
+        assert self.settings.redis_url, "AGX_REDIS_URL is not set"
+        return redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
+
+    @cached_property
+    def slots(self) -> Slots:
+        """Slot leases and waiting lists."""
+        return Slots(self.redis, self.settings.lease_seconds, self.settings.lease_buffer_seconds)
+
+    @cached_property
+    def broker(self) -> dramatiq.Broker:
+        """The broker to publish on (the global one when this process already set it)."""
+        with self._lock:
+            return make_broker(self.settings.effective_broker_url)
+
+    def publish(self, execution_id: str) -> None:
+        """Publish an execution id to the executions queue (raises when not confirmed)."""
+        publish(self.broker, self.settings.queue, execution_id)
+
+    def close(self) -> None:
+        """Release connections (engine pool, Redis, broker)."""
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+        if "redis" in self.__dict__:
+            self.redis.close()
+        if "broker" in self.__dict__:
+            self.broker.close()

@@ -1,0 +1,78 @@
+"""Process settings, read once from the environment (and an optional `.env`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+#: Default queue that carries execution ids.
+DEFAULT_QUEUE = "agx.executions"
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept postgresql://, postgres:// and postgresql+psycopg:// and return the psycopg form."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    raise ValueError(f"AGX_DATABASE_URL must be a PostgreSQL URL, got {url.split('://')[0]}://")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a process needs to find its services and tune its behaviour."""
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    broker_url: str | None = None
+    home: Path = field(default_factory=lambda: Path.home() / ".agx")
+    api_key: str | None = None
+    queue: str = DEFAULT_QUEUE
+    lease_seconds: float = 30.0  #: a slot lease lapses after this long without renewal
+    heartbeat_seconds: float = 5.0  #: how often a running worker renews its lease
+    redispatch_after_seconds: float = 15.0  #: pending and unclaimed this long -> re-sent
+    lease_buffer_seconds: float = 300.0  #: hard lease cap is timeout + this
+    wait_max_seconds: float = 300.0  #: longest `wait: true` on POST .../task
+    allowed_origins: tuple[str, ...] = ()
+    worker_id: str | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Build settings from environment variables (AGX_*)."""
+        if env is None:
+            load_dotenv(override=False)
+            env = dict(os.environ)
+        db = env.get("AGX_DATABASE_URL") or None
+        origins = tuple(o.strip() for o in env.get("AGX_ALLOWED_ORIGINS", "").split(",") if o.strip())
+        settings = cls(
+            database_url=normalize_database_url(db) if db else None,
+            redis_url=env.get("AGX_REDIS_URL") or None,
+            broker_url=env.get("AGX_BROKER_URL") or None,
+            home=Path(env["AGX_HOME"]).expanduser() if env.get("AGX_HOME") else Path.home() / ".agx",
+            api_key=env.get("AGX_API_KEY") or None,
+            queue=env.get("AGX_QUEUE") or DEFAULT_QUEUE,
+            allowed_origins=origins,
+        )
+        for name in ("lease_seconds", "heartbeat_seconds", "redispatch_after_seconds"):
+            raw = env.get("AGX_" + name.upper())
+            if raw:
+                settings = replace(settings, **{name: float(raw)})
+        return settings
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The broker URL: AGX_BROKER_URL, else Dramatiq's Redis broker on AGX_REDIS_URL."""
+        url = self.broker_url or self.redis_url
+        if not url:
+            raise RuntimeError("no broker: set AGX_BROKER_URL or AGX_REDIS_URL (or use `agx up`)")
+        return url
+
+    def require(self) -> Settings:
+        """Fail clearly when a production process is started without its services."""
+        missing = [n for n, v in (("AGX_DATABASE_URL", self.database_url),
+                                  ("AGX_REDIS_URL", self.redis_url)) if not v]
+        if missing:
+            raise RuntimeError(f"{', '.join(missing)} not set (or run `agx up` for embedded services)")
+        return self

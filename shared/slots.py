@@ -1,0 +1,70 @@
+"""Per-agent slot leases and FIFO waiting lists, each operation one Lua script in Redis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from shared import keys
+
+_LUA = Path(__file__).parent / "lua"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The answer to an acquire: admitted, or parked at a 1-based queue position."""
+
+    admitted: bool
+    position: int
+
+
+class Slots:
+    """Slot leases (invariants 3-5): acquire or park, renew, release and promote."""
+
+    def __init__(self, client: redis.Redis, lease_seconds: float, buffer_seconds: float = 300.0):
+        self.client = client
+        self.lease_ms = int(lease_seconds * 1000)
+        self.buffer_ms = int(buffer_seconds * 1000)
+        self._acquire = client.register_script((_LUA / "acquire.lua").read_text())
+        self._release = client.register_script((_LUA / "release.lua").read_text())
+        self._renew = client.register_script((_LUA / "renew.lua").read_text())
+
+    def acquire(self, agent: str, execution_id: str, max_parallel: int,
+                timeout_seconds: float) -> Admission:
+        """Take a lease for the execution, or park it at the back of the agent's waiting list."""
+        cap_ms = int(timeout_seconds * 1000) + self.buffer_ms
+        admitted, position = self._acquire(
+            keys=[keys.slots(agent), keys.lease_caps(agent), keys.waiting(agent),
+                  keys.wait_seq(agent), keys.agents_index()],
+            args=[execution_id, agent, max_parallel, self.lease_ms, cap_ms],
+        )
+        return Admission(bool(admitted), int(position))
+
+    def renew(self, agent: str, execution_id: str) -> bool:
+        """Extend the lease; False means it is gone and the holder must stop."""
+        return bool(self._renew(keys=[keys.slots(agent), keys.lease_caps(agent)],
+                                args=[execution_id, self.lease_ms]))
+
+    def release(self, agent: str, execution_id: str, max_parallel: int) -> list[str]:
+        """Drop this execution's lease or waiting entry; return the waiters that now fit."""
+        heads = self._release(
+            keys=[keys.slots(agent), keys.lease_caps(agent), keys.waiting(agent)],
+            args=[execution_id, max_parallel],
+        )
+        return [h.decode() if isinstance(h, bytes) else h for h in heads]
+
+    def heads(self, agent: str, max_parallel: int) -> list[str]:
+        """Purge lapsed leases and return the waiters that fit in the free slots."""
+        return self.release(agent, "", max_parallel)
+
+    def position(self, agent: str, execution_id: str) -> int | None:
+        """1-based place in the agent's waiting list, or None when not waiting."""
+        rank = self.client.zrank(keys.waiting(agent), execution_id)
+        return None if rank is None else int(rank) + 1
+
+    def holders(self, agent: str) -> list[str]:
+        """Execution ids holding a lease for the agent (lapsed ones included until purged)."""
+        return [m.decode() if isinstance(m, bytes) else m
+                for m in self.client.zrange(keys.slots(agent), 0, -1)]

@@ -1,0 +1,235 @@
+"""The actor body: admission, claim, run, record, release. Glue between runner and services."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from shared.redact import redact
+from sqlalchemy import select
+
+from shared.models import Agent, Execution, Transcript
+from shared.services import Services
+from shared.states import AgentOutput, ExecutionStatus
+from workers import lifecycle
+from workers.runner import RunOutcome, run_agent
+from workers.stream_json import parser_for
+
+log = logging.getLogger(__name__)
+
+MAX_STORED_BYTES = 64 * 1024 * 1024  #: transcript bytes kept per execution, then a marker
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot of what one run needs, taken before the slot is claimed."""
+
+    execution_id: str
+    agent_name: str
+    status: ExecutionStatus
+    message: str
+    model: str | None
+    resume_session_id: str | None
+    command: list[str]
+    output: str
+    workdir: str | None
+    env: dict[str, str]
+    max_parallel: int
+    timeout_seconds: int
+
+
+class Executor:
+    """Runs one execution per call to `handle`; safe to call from many threads."""
+
+    def __init__(self, services: Services):
+        self.services = services
+
+    @property
+    def worker_id(self) -> str:
+        """host:pid:thread of the calling worker thread."""
+        return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+    def handle(self, execution_id: str) -> None:
+        """Take a slot or park; claim with CAS; run; record with CAS; release and promote."""
+        job = self._load(execution_id)
+        if job is None:
+            return
+        if job.status is not ExecutionStatus.pending:
+            if job.status.terminal:  # a stale waiting entry must not block the list
+                self._release(job)
+            return
+        admission = self.services.slots.acquire(job.agent_name, job.execution_id,
+                                                job.max_parallel, job.timeout_seconds)
+        if not admission.admitted:
+            with self.services.Session.begin() as session:
+                lifecycle.mark_queued(session, job.execution_id)
+            return
+        with self.services.Session.begin() as session:
+            attempt = lifecycle.claim(session, job.execution_id, self.worker_id)
+        if attempt is None:  # cancelled meanwhile, or a duplicate message lost the race
+            again = self._load(execution_id)
+            if again is not None and again.status.terminal:
+                self._release(job)
+            return
+        try:
+            self._run(job, attempt)
+        finally:
+            self._release(job)
+
+    def _load(self, execution_id: str) -> Job | None:
+        with self.services.Session() as session:
+            row = session.execute(
+                select(Execution, Agent).join(Agent, Agent.name == Execution.agent_name)
+                .where(Execution.id == execution_id)
+            ).one_or_none()
+        if row is None:
+            log.warning("execution %s not found; message dropped", execution_id)
+            return None
+        ex, agent = row
+        return Job(ex.id, agent.name, ExecutionStatus(ex.status), ex.message, ex.model,
+                   ex.resume_session_id, list(agent.command), agent.output, agent.workdir,
+                   {str(k): str(v) for k, v in (agent.env or {}).items()},
+                   agent.max_parallel_tasks, ex.timeout_seconds or agent.timeout_seconds)
+
+    def _release(self, job: Job) -> None:
+        heads = self.services.slots.release(job.agent_name, job.execution_id, job.max_parallel)
+        for head in heads:
+            try:
+                self.services.publish(head)
+            except Exception:  # the reaper re-sends heads of waiting lists
+                log.warning("could not promote %s; the reaper will", head, exc_info=True)
+
+    def _run(self, job: Job, attempt: int) -> None:
+        transcript = _TranscriptBuffer()
+        parser = parser_for(job.output)
+
+        def on_line(line: str) -> None:
+            line = redact(line)
+            transcript.append(line)
+            parser.feed(line)
+
+        watch = _Watch(self.services, job, attempt)
+        watch.start()
+        try:
+            outcome: RunOutcome | str = run_agent(
+                _argv(job), stdin_text=job.message, on_line=on_line,
+                timeout_seconds=job.timeout_seconds, stop=watch.stop, workdir=job.workdir,
+                env=job.env, max_total_bytes=MAX_STORED_BYTES,
+            )
+        except OSError as exc:
+            outcome = f"could not start agent: {exc}"
+        finally:
+            watch.close()
+        status, fields = judge(job, outcome, parser.result(), watch.reason)
+        with self.services.Session.begin() as session:
+            written = lifecycle.finish(session, job.execution_id, attempt, status, fields,
+                                       transcript.row(job.execution_id))
+        if not written:
+            log.warning("execution %s attempt %s: row moved on; result discarded",
+                        job.execution_id, attempt)
+
+
+def _argv(job: Job) -> list[str]:
+    argv = list(job.command)
+    if job.output == AgentOutput.claude_stream_json.value:
+        if job.model:
+            argv += ["--model", job.model]
+        if job.resume_session_id:
+            argv += ["--resume", job.resume_session_id]
+    return argv
+
+
+def judge(job: Job, outcome: RunOutcome | str, parsed: Any, reason: str | None
+          ) -> tuple[ExecutionStatus, dict[str, Any]]:
+    """Turn a run's outcome and parsed stream into a terminal status and row fields."""
+    fields: dict[str, Any] = {
+        "response": parsed.response, "model_used": parsed.model_used, "cost": parsed.cost,
+        "input_tokens": parsed.input_tokens, "output_tokens": parsed.output_tokens,
+        "num_turns": parsed.num_turns, "claude_session_id": parsed.session_id,
+    }
+    if isinstance(outcome, str):
+        return ExecutionStatus.failed, {**fields, "error": outcome}
+    fields.update(exit_code=outcome.exit_code, duration_ms=outcome.duration_ms)
+    error = _error(job, outcome, parsed, reason)
+    if reason == "cancel":
+        return ExecutionStatus.cancelled, {**fields, "error": lifecycle.STOPPED_ERROR}
+    if error:
+        return ExecutionStatus.failed, {**fields, "error": error}
+    return ExecutionStatus.completed, {**fields, "error": None}
+
+
+def _error(job: Job, outcome: RunOutcome, parsed: Any, reason: str | None) -> str | None:
+    if reason == "lease":
+        return "slot lease lost (worker paused or Redis reset); agent killed"
+    if outcome.timed_out:
+        return f"timed out after {job.timeout_seconds} s; agent killed"
+    if outcome.exit_code != 0:
+        tail = outcome.stderr_tail.strip()[-500:]
+        return f"agent exited with code {outcome.exit_code}" + (f": {tail}" if tail else "")
+    if not parsed.has_result:
+        return "agent exited without a result line"
+    if parsed.is_error:
+        return parsed.error or "agent reported an error"
+    return None
+
+
+class _TranscriptBuffer:
+    """Collects redacted lines for the transcript row."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def append(self, line: str) -> None:
+        self.lines.append(line)
+
+    def row(self, execution_id: str) -> Transcript:
+        text = "\n".join(self.lines)
+        return Transcript(execution_id=execution_id, content=text, line_count=len(self.lines),
+                          truncated="[output truncated after" in text[-200:])
+
+
+class _Watch(threading.Thread):
+    """Heartbeat: renews the lease, stamps heartbeat_at, and notices stop requests."""
+
+    def __init__(self, services: Services, job: Job, attempt: int):
+        super().__init__(name=f"watch-{job.execution_id}", daemon=True)
+        self.services, self.job, self.attempt = services, job, attempt
+        self.stop = threading.Event()  # set to kill the agent
+        self.reason: str | None = None
+        self._closed = threading.Event()
+
+    def run(self) -> None:
+        period = self.services.settings.heartbeat_seconds
+        while not self._closed.wait(period):
+            self.beat()
+
+    def beat(self) -> None:
+        """One heartbeat: lease first (it fences), then the row."""
+        try:
+            if not self.services.slots.renew(self.job.agent_name, self.job.execution_id):
+                return self._kill("lease")
+        except Exception:  # Redis briefly away: the lease cap still bounds us
+            log.warning("lease renewal failed for %s", self.job.execution_id, exc_info=True)
+        try:
+            with self.services.Session.begin() as session:
+                ours, stop = lifecycle.heartbeat(session, self.job.execution_id, self.attempt)
+        except Exception:
+            log.warning("heartbeat write failed for %s", self.job.execution_id, exc_info=True)
+            return
+        if not ours:
+            self._kill("lease")
+        elif stop:
+            self._kill("cancel")
+
+    def _kill(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.stop.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.join(timeout=5)

@@ -1,0 +1,300 @@
+"""Spawn an agent process, stream its stdout lines, and make sure it and its children end.
+
+The agent runs in its own process group. A stop, a timeout or any error sends
+the group SIGINT, then SIGKILL after a grace period; even after a clean exit
+the group is SIGKILLed, so no grandchild outlives the run. On Linux the agent
+also gets PR_SET_PDEATHSIG=SIGKILL so it dies if the worker is SIGKILLed.
+That signal fires when the *thread* that forked the agent exits: call
+`run_agent` from a long-lived thread (Dramatiq worker threads are).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from subprocess import Popen
+from threading import Thread
+from typing import IO
+
+CHUNK_BYTES = 65_536
+STDERR_TAIL_BYTES = 8_192
+POLL_SECONDS = 0.02  #: how often the watcher checks the process, stop event and deadline
+PIPE_POLL_MS = 100  #: how often a pipe reader checks whether it was told to give up
+DRAIN_SECONDS = 2.0  #: how long to wait for EOF on the pipes once the group is dead
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How an agent run ended."""
+
+    exit_code: int | None  # None if killed by a signal we sent
+    timed_out: bool
+    stopped: bool  # the stop event was set and we killed the agent
+    duration_ms: int
+    truncated: bool  # some output was capped
+    stderr_tail: str = ""  # the last STDERR_TAIL_BYTES of stderr, for debugging
+
+
+class _LineSplitter:
+    """Cut a byte stream into decoded lines, with a per-line and a total cap."""
+
+    def __init__(self, on_line: Callable[[str], None], max_line_bytes: int, max_total_bytes: int):
+        self._on_line = on_line
+        self._max_line = max_line_bytes
+        self._max_total = max_total_bytes
+        self._budget = max_total_bytes  # bytes still allowed through
+        self._buf = bytearray()
+        self._dropped = 0  # bytes of the current line beyond max_line_bytes
+        self.truncated = False
+
+    def feed(self, chunk: bytes) -> None:
+        """Deliver every complete line in chunk, keeping the unfinished tail."""
+        if self._budget < 0:
+            return  # over the total cap: the caller keeps draining, we deliver nothing
+        kept = chunk[: self._budget]
+        self._budget -= len(chunk)
+        start = 0
+        while (end := kept.find(b"\n", start)) >= 0:
+            self._append(kept[start:end])
+            self._emit()
+            start = end + 1
+        self._append(kept[start:])
+        if self._budget < 0:
+            self.finish()
+            self.truncated = True
+            self._on_line(f"[output truncated after {self._max_total} bytes]")
+
+    def finish(self) -> None:
+        """Deliver the last line even though it has no newline."""
+        if self._buf or self._dropped:
+            self._emit()
+
+    def _append(self, part: bytes) -> None:
+        room = max(self._max_line - len(self._buf), 0)
+        self._buf += part[:room]
+        self._dropped += max(len(part) - room, 0)
+
+    def _emit(self) -> None:
+        line = self._buf.decode("utf-8", errors="replace").removesuffix("\r")
+        if self._dropped:
+            line += f" …[line truncated: {self._dropped} bytes dropped]"
+            self.truncated = True
+        self._buf.clear()
+        self._dropped = 0
+        self._on_line(line)
+
+
+class _Tail:
+    """Keep only the last few kilobytes of a stream."""
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self.data = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        """Append chunk, forgetting what falls out of the window."""
+        self.data += chunk
+        del self.data[: -self._limit]
+
+
+class _Pipes:
+    """The threads that feed stdin and drain stdout and stderr."""
+
+    def __init__(self, proc: Popen[bytes], data: bytes, lines: _LineSplitter, tail: _Tail):
+        assert proc.stdin and proc.stdout and proc.stderr
+        self._pipes = (proc.stdin, proc.stdout, proc.stderr)
+        self._started = False
+        self.failed = threading.Event()  # set when on_line raised
+        self.error: BaseException | None = None
+        self._give_up = threading.Event()
+        self._lines = lines
+        self._threads = [
+            Thread(target=_write_all, args=(proc.stdin, data), daemon=True),
+            Thread(target=self._read_lines, args=(proc.stdout,), daemon=True),
+            Thread(target=_pump, args=(proc.stderr, tail.feed, self._give_up), daemon=True),
+        ]
+
+    def start(self) -> None:
+        """Start all three threads; from then on each thread owns and closes its pipe."""
+        for thread in self._threads:
+            thread.start()
+        self._started = True
+
+    def finish(self) -> None:
+        """Wait for EOF on the pipes; give up on pipes an escaped process still holds."""
+        if not self._started:
+            for pipe in self._pipes:
+                _close(pipe)
+            return
+        deadline = time.monotonic() + DRAIN_SECONDS
+        for thread in self._threads[1:]:
+            thread.join(max(deadline - time.monotonic(), 0))
+        self._give_up.set()
+        for thread in self._threads:
+            thread.join(DRAIN_SECONDS)
+
+    def _read_lines(self, pipe: IO[bytes]) -> None:
+        try:
+            _pump(pipe, self._lines.feed, self._give_up)
+            self._lines.finish()
+        except BaseException as exc:  # handed to the caller's thread, which re-raises it
+            self.error = exc
+            self.failed.set()
+
+
+def _write_all(pipe: IO[bytes], data: bytes) -> None:
+    """Write the message and close stdin; an agent that never reads it must not hang us."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(pipe.fileno(), view) :]
+    except OSError:
+        pass  # BrokenPipeError: the agent exited or closed stdin, which is its right
+    finally:
+        _close(pipe)
+
+
+def _pump(pipe: IO[bytes], sink: Callable[[bytes], None], give_up: threading.Event) -> None:
+    """Copy chunks from pipe to sink until EOF, or until give_up and nothing is left to read."""
+    fd = pipe.fileno()
+    poller = select.poll()  # not select.select: a busy worker may hold fds above 1024
+    poller.register(fd, select.POLLIN)
+    try:
+        while True:
+            giving_up = give_up.is_set()
+            if not poller.poll(0 if giving_up else PIPE_POLL_MS):
+                if giving_up:
+                    return  # an escaped process still holds the pipe but has nothing to say
+                continue
+            if not (chunk := os.read(fd, CHUNK_BYTES)):
+                return
+            sink(chunk)
+    finally:
+        _close(pipe)
+
+
+def _close(pipe: IO[bytes]) -> None:
+    with contextlib.suppress(OSError):  # closing a broken pipe may report the breakage again
+        pipe.close()
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """Return libc's prctl, or None where there is no such thing."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+def _death_pact() -> Callable[[], None] | None:
+    """Build the pre-exec hook that makes the agent die with its parent."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the pact was made
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def _spawn(argv: list[str], workdir: str | None, env: Mapping[str, str] | None) -> Popen[bytes]:
+    return Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,  # kept apart: merged into stdout it would break the JSON lines
+        bufsize=0,
+        cwd=workdir,
+        env=None if env is None else {**os.environ, **env},
+        start_new_session=True,
+        preexec_fn=_death_pact(),  # noqa: PLW1509 - only prctl, which is async-signal-safe
+    )
+
+
+def _has_exited(pid: int) -> bool:
+    """Tell whether the leader exited, without reaping it, so its pgid stays reserved."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # someone else reaped it
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is already gone
+        os.killpg(pgid, sig)
+
+
+def _watch(pid: int, deadline: float, stop: threading.Event, failed: threading.Event) -> str:
+    """Wait until the leader exits, the deadline passes, stop is set or failed is set."""
+    while not _has_exited(pid):
+        if failed.is_set():
+            return "failed"
+        if stop.is_set():
+            return "stopped"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "timeout"
+        stop.wait(min(POLL_SECONDS, left))
+    return "exited"
+
+
+def run_agent(
+    argv: list[str],
+    *,
+    stdin_text: str,
+    on_line: Callable[[str], None],
+    timeout_seconds: float,
+    stop: threading.Event | None = None,
+    workdir: str | None = None,
+    env: Mapping[str, str] | None = None,
+    grace_seconds: float = 5.0,
+    max_line_bytes: int = 1_048_576,
+    max_total_bytes: int = 256 * 1_048_576,
+    on_start: Callable[[int], None] | None = None,
+) -> RunOutcome:
+    """Run argv with stdin_text on stdin, pass each stdout line to on_line, report how it ended."""
+    started = time.monotonic()
+    lines = _LineSplitter(on_line, max_line_bytes, max_total_bytes)
+    tail = _Tail(STDERR_TAIL_BYTES)
+    proc = _spawn(argv, workdir, env)
+    pipes = _Pipes(proc, stdin_text.encode(), lines, tail)
+    why = "error"
+    try:
+        if on_start is not None:
+            on_start(proc.pid)  # before any on_line, so the caller can record the pid first
+        pipes.start()
+        why = _watch(proc.pid, started + timeout_seconds, stop or threading.Event(), pipes.failed)
+        if why != "exited":
+            _signal_group(proc.pid, signal.SIGINT)
+            _watch(proc.pid, time.monotonic() + grace_seconds, threading.Event(), threading.Event())
+    finally:
+        # Every path ends here: whatever is left of the group, grandchildren included, dies.
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pipes.finish()
+    if pipes.error is not None:
+        raise pipes.error
+    killed = why != "exited" and proc.returncode < 0
+    return RunOutcome(
+        exit_code=None if killed else proc.returncode,
+        timed_out=why == "timeout",
+        stopped=why == "stopped",
+        duration_ms=int((time.monotonic() - started) * 1000),
+        truncated=lines.truncated,
+        stderr_tail=tail.data.decode("utf-8", errors="replace"),
+    )
