@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from api.context import principal, require_admin, require_agent_visible, services
-from api.serialize import execution_dict
+from api.serialize import execution_dict, links
 from api.validation import json_body
 from producer import submit_execution
 from shared.agents import AgentPatch, AgentSpec, agent_dict, agent_values
@@ -107,9 +107,9 @@ def submit_task(name: str, body: TaskRequest) -> Any:
         execution = _wait_terminal(execution.id, svc.settings.wait_max_seconds)
         if ExecutionStatus(execution.status).terminal:
             return jsonify(execution_dict(execution)), 200
-    data = execution_dict(execution)
     return jsonify({"execution_id": execution.id, "status": execution.status,
-                    "queue_position": data["queue_position"], "links": data["links"]}), 202
+                    "queue_position": submitted.queue_position,
+                    "links": links(execution)}), 202
 
 
 def _wait_terminal(execution_id: str, max_seconds: float) -> Execution:

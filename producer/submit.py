@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from shared.errors import InvalidField, NotFound, QueueFull
 from shared.models import Agent, Execution, utcnow
 from shared.services import Services
+from shared.slots import submitted_us
 from shared.states import ExecutionStatus, Trigger
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,10 @@ _IN_FLIGHT = (ExecutionStatus.pending.value, ExecutionStatus.running.value)
 
 @dataclass(frozen=True)
 class Submitted:
-    """What a producer hands back: the stored row and whether its id reached the broker."""
+    """What a producer hands back: the stored row, its place in the FIFO, whether it was sent."""
 
     execution: Execution
+    queue_position: int | None
     published: bool
 
 
@@ -108,7 +110,22 @@ def submit_execution(
             created_at=now, dispatched_at=now, attempt=0,
         )
         session.add(execution)
-    return Submitted(execution, publish_or_defer(services, execution.id))
+        max_parallel = agent.max_parallel_tasks
+    position = _enqueue(services, execution, max_parallel)
+    return Submitted(execution, position, publish_or_defer(services, execution.id))
+
+
+def _enqueue(services: Services, execution: Execution, max_parallel: int) -> int | None:
+    """Take the execution's FIFO place now, so workers admit in submission order."""
+    try:
+        place = services.slots.enqueue(execution.agent_name, execution.id,
+                                       submitted_us(execution.created_at))
+    except Exception:  # Redis away: the worker's admission script places it instead
+        log.warning("could not enqueue %s in Redis", execution.id, exc_info=True)
+        return None
+    holders = len(services.slots.holders(execution.agent_name))
+    waiting_for = place - max(0, max_parallel - holders)
+    return waiting_for if waiting_for > 0 else None
 
 
 def publish_or_defer(services: Services, execution_id: str) -> bool:

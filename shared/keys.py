@@ -16,13 +16,8 @@ def lease_caps(agent: str) -> str:
 
 
 def waiting(agent: str) -> str:
-    """ZSET member=execution_id score=arrival sequence: the agent's FIFO waiting list."""
+    """ZSET member=execution_id score=submission time (us): the agent's FIFO waiting list."""
     return f"{PREFIX}:wait:{{{agent}}}"
-
-
-def wait_seq(agent: str) -> str:
-    """STRING counter giving each waiter its FIFO sequence number."""
-    return f"{PREFIX}:waitseq:{{{agent}}}"
 
 
 def agents_index() -> str:

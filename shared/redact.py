@@ -6,12 +6,14 @@ Covered: Anthropic and OpenAI style keys (``sk-...``), ``Bearer`` tokens,
 PASSWORD or PASSWD (the name is kept, the value redacted).
 
 Linear time: every repeated part is possessive (``*+``, ``++``), so the engine
-never backtracks into it, and every rule starts with a literal or with a
-look-behind that only a word's first character passes, so each start position
-costs O(1) except word starts, which cost at most the word's length once.
-Spans never include a quote or a backslash, so redacting a JSON line leaves
-valid JSON; JSON numbers, booleans and null are left alone (``"output_tokens":
-80`` is a count, not a credential).
+never backtracks into it, and each rule may only start where a word starts,
+so a position inside a word costs O(1) and a word start at most one scan of
+the word. A rule runs only if the text holds its trigger word, a cheap C
+substring search, so ordinary text pays for few passes.
+
+A redacted span never includes a quote or a backslash, so a JSON line stays
+valid JSON; the numbers, booleans and null of quoted JSON keys are left alone
+(``"output_tokens": 80`` is a count, not a credential).
 """
 
 from __future__ import annotations
@@ -29,27 +31,50 @@ _QUOTED_KEY_SEP = rf"\\?[\"'][ \t]*+:[ \t]*+(?!{_JSON_LITERAL}|[\[{{])"
 _BARE_SEP = r"[ \t]*+[:=][ \t]*+"
 _VALUE = r"[^\s\"'`\\]++"
 
-_PATTERN = re.compile(
-    "|".join(
-        [
-            # NAME=value; the look-ahead scans the name once for a credential word.
+_KEEP = r"\g<keep>" + REDACTED
+
+# (trigger words, any of which must be in the lowered text; pattern; replacement).
+# Authorization runs before Bearer so that the whole header value goes.
+_RULES: tuple[tuple[tuple[str, ...], re.Pattern[str], str], ...] = tuple(
+    (triggers, re.compile(pattern, re.ASCII), replacement)
+    for triggers, pattern, replacement in [
+        (
+            ("authorization",),
+            rf"(?<!\w)(?P<keep>(?i:authorization){_QUOTE}{_BARE_SEP}{_QUOTE})[^\"'\\\r\n]++",
+            _KEEP,
+        ),
+        (
+            ("bearer",),
+            rf"(?<!{_NAME_CHAR})(?P<keep>(?i:bearer)[ \t]++)[A-Za-z0-9._~+/=\-]{{8,}}+",
+            _KEEP,
+        ),
+        (
+            ("key", "token", "secret", "passw"),
+            # The look-ahead scans the name once for a credential word.
             rf"(?<!{_NAME_CHAR})(?={_NAME_CHAR}*?{_CREDENTIAL_WORD})"
-            rf"(?P<name>{_NAME_CHAR}++(?:{_QUOTED_KEY_SEP}|{_BARE_SEP}){_QUOTE}){_VALUE}",
-            rf"(?<!\w)(?P<auth>(?i:authorization){_QUOTE}{_BARE_SEP}{_QUOTE})[^\"'\\\r\n]++",
-            r"(?<![\w\-])(?P<bearer>(?i:bearer)[ \t]++)[A-Za-z0-9._~+/=\-]{8,}+",
-            r"(?<![\w\-])sk-[A-Za-z0-9_\-]{20,}+",
-            r"(?<!\w)(?:gh[opsur]_[A-Za-z0-9]{20,}+|github_pat_\w{20,}+)",
-            r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])",
-        ]
-    )
+            rf"(?P<keep>{_NAME_CHAR}++(?:{_QUOTED_KEY_SEP}|{_BARE_SEP}){_QUOTE}){_VALUE}",
+            _KEEP,
+        ),
+        # These start with a literal, which the engine finds fast; the look-behind follows it.
+        (("sk-",), rf"sk-(?<!{_NAME_CHAR}sk-)[A-Za-z0-9_\-]{{20,}}+", REDACTED),
+        (
+            ("gh", "github_pat_"),
+            rf"g(?<!{_NAME_CHAR}g)(?:h[opsur]_[A-Za-z0-9]{{20,}}+|ithub_pat_\w{{20,}}+)",
+            REDACTED,
+        ),
+        (
+            ("akia", "asia"),
+            rf"A(?<!{_NAME_CHAR}A)(?:KIA|SIA)[A-Z0-9]{{16}}(?![A-Za-z0-9])",
+            REDACTED,
+        ),
+    ]
 )
-
-
-def _replace(match: re.Match[str]) -> str:
-    kept = match.group("name") or match.group("auth") or match.group("bearer") or ""
-    return kept + REDACTED
 
 
 def redact(text: str) -> str:
     """Return text with every secret it recognises replaced by [REDACTED]."""
-    return _PATTERN.sub(_replace, text)
+    lowered = text.lower()
+    for triggers, pattern, replacement in _RULES:
+        if any(word in lowered for word in triggers):
+            text = pattern.sub(replacement, text)
+    return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import redis
@@ -10,6 +11,11 @@ import redis
 from shared import keys
 
 _LUA = Path(__file__).parent / "lua"
+
+
+def submitted_us(created_at: datetime) -> int:
+    """An execution's FIFO score: its submission time in microseconds since the epoch."""
+    return int(created_at.timestamp() * 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -27,18 +33,24 @@ class Slots:
         self.client = client
         self.lease_ms = int(lease_seconds * 1000)
         self.buffer_ms = int(buffer_seconds * 1000)
+        self._enqueue = client.register_script((_LUA / "enqueue.lua").read_text())
         self._acquire = client.register_script((_LUA / "acquire.lua").read_text())
         self._release = client.register_script((_LUA / "release.lua").read_text())
         self._renew = client.register_script((_LUA / "renew.lua").read_text())
 
+    def enqueue(self, agent: str, execution_id: str, submitted_us: int) -> int:
+        """Place a new submission in the agent's FIFO; returns its 1-based position."""
+        return int(self._enqueue(keys=[keys.waiting(agent), keys.agents_index()],
+                                 args=[execution_id, submitted_us, agent]))
+
     def acquire(self, agent: str, execution_id: str, max_parallel: int,
-                timeout_seconds: float) -> Admission:
-        """Take a lease for the execution, or park it at the back of the agent's waiting list."""
+                timeout_seconds: float, submitted_us: int = 0) -> Admission:
+        """Take a lease if this execution is at the head of the FIFO, else park it there."""
         cap_ms = int(timeout_seconds * 1000) + self.buffer_ms
         admitted, position = self._acquire(
             keys=[keys.slots(agent), keys.lease_caps(agent), keys.waiting(agent),
-                  keys.wait_seq(agent), keys.agents_index()],
-            args=[execution_id, agent, max_parallel, self.lease_ms, cap_ms],
+                  keys.agents_index()],
+            args=[execution_id, agent, max_parallel, self.lease_ms, cap_ms, submitted_us],
         )
         return Admission(bool(admitted), int(position))
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from shared.models import Agent, Execution, Transcript
 from shared.services import Services
+from shared.slots import submitted_us
 from shared.states import AgentOutput, ExecutionStatus
 from workers import lifecycle
 from workers.runner import RunOutcome, run_agent
@@ -40,6 +41,7 @@ class Job:
     env: dict[str, str]
     max_parallel: int
     timeout_seconds: int
+    submitted_us: int
 
 
 class Executor:
@@ -63,7 +65,8 @@ class Executor:
                 self._release(job)
             return
         admission = self.services.slots.acquire(job.agent_name, job.execution_id,
-                                                job.max_parallel, job.timeout_seconds)
+                                                job.max_parallel, job.timeout_seconds,
+                                                job.submitted_us)
         if not admission.admitted:
             with self.services.Session.begin() as session:
                 lifecycle.mark_queued(session, job.execution_id)
@@ -93,7 +96,8 @@ class Executor:
         return Job(ex.id, agent.name, ExecutionStatus(ex.status), ex.message, ex.model,
                    ex.resume_session_id, list(agent.command), agent.output, agent.workdir,
                    {str(k): str(v) for k, v in (agent.env or {}).items()},
-                   agent.max_parallel_tasks, ex.timeout_seconds or agent.timeout_seconds)
+                   agent.max_parallel_tasks, ex.timeout_seconds or agent.timeout_seconds,
+                   submitted_us(ex.created_at))
 
     def _release(self, job: Job) -> None:
         heads = self.services.slots.release(job.agent_name, job.execution_id, job.max_parallel)

@@ -1,17 +1,17 @@
 -- Admit an execution to one of its agent's slots, or park it in the FIFO waiting list.
 -- KEYS[1] slots    ZSET  execution_id -> lease expiry ms
 -- KEYS[2] caps     HASH  execution_id -> hard lease cap ms
--- KEYS[3] waiting  ZSET  execution_id -> arrival sequence
--- KEYS[4] waitseq  STRING counter for arrival sequence
--- KEYS[5] agents   SET   agent names known to the reaper
+-- KEYS[3] waiting  ZSET  execution_id -> submission time (us): FIFO order
+-- KEYS[4] agents   SET   agent names known to the reaper
 -- ARGV[1] execution_id   ARGV[2] agent name   ARGV[3] max_parallel
 -- ARGV[4] lease_ms       ARGV[5] cap_ms (lease lifetime cap from now)
+-- ARGV[6] submission time (us), the execution's place in the FIFO
 -- Returns {1, 0} admitted (or already held), {0, position} parked (1-based).
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = ARGV[1]
-redis.call('SADD', KEYS[5], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[2])
 
 -- Lapsed leases free their slots before anyone is counted.
 local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -20,18 +20,15 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 
 if redis.call('ZSCORE', KEYS[1], id) then return {1, 0} end
 
+-- Everyone submitted earlier waits in the list already (the producer put them there).
+redis.call('ZADD', KEYS[3], 'NX', ARGV[6], id)
 local free = tonumber(ARGV[3]) - redis.call('ZCARD', KEYS[1])
 local rank = redis.call('ZRANK', KEYS[3], id)
-local ahead = rank or redis.call('ZCARD', KEYS[3])
-if free > 0 and ahead < free then
+if free > 0 and rank < free then
   local cap = now + tonumber(ARGV[5])
   redis.call('ZADD', KEYS[1], math.min(now + tonumber(ARGV[4]), cap), id)
   redis.call('HSET', KEYS[2], id, cap)
   redis.call('ZREM', KEYS[3], id)
   return {1, 0}
-end
-if not rank then
-  redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), id)
-  rank = ahead
 end
 return {0, rank + 1}

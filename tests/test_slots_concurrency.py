@@ -1,0 +1,126 @@
+"""Invariants 3 and 5: never more than max_parallel_tasks at once, FIFO waiting, prompt promotion."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from producer import submit_execution
+from shared.models import Execution
+from tests.conftest import statuses, wait_for
+
+
+def _records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _max_overlap(records: list[dict]) -> int:
+    events = sorted((r["t"], 1 if r["event"] == "start" else -1) for r in records)
+    # ends sort before starts at equal times, so back-to-back runs do not count as overlap
+    events.sort(key=lambda e: (e[0], e[1]))
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def test_thirty_submissions_never_overlap_more_than_three_and_start_in_fifo_order(
+        services, make_agent, processes, broker_kind, tmp_path):
+    make_agent("busy", max_parallel_tasks=3, queue_limit=100)
+    ids = [submit_execution(services, "busy", f"job-{i:02d} sleep=0.3").execution.id
+           for i in range(30)]
+    processes.workers(processes=2, threads=4)
+    wait_for(lambda: set(statuses(services, ids).values()) == {"completed"}, 120,
+             message="all 30 completed")
+    records = _records(tmp_path / "busy.record")
+    starts = [r for r in records if r["event"] == "start"]
+    assert len(starts) == 30, "each execution ran exactly once"
+    assert _max_overlap(records) == 3, "all three slots used, never a fourth"
+    with services.Session() as session:
+        rows = {e.id: e for e in session.query(Execution).filter(Execution.id.in_(ids))}
+    assert {e.attempt for e in rows.values()} == {1}
+    # Admission follows submission order: no execution is claimed before an earlier one,
+    # beyond the jitter of two slots freed in the same instant (50 ms).
+    claimed = [rows[i].started_at.timestamp() for i in ids]
+    inversions = [(i, j) for i in range(30) for j in range(i + 1, 30)
+                  if claimed[j] < claimed[i] - 0.05]
+    assert not inversions, inversions
+
+
+def test_a_waiter_starts_within_100_ms_of_a_slot_being_released(
+        services, make_agent, processes, broker_kind, tmp_path):
+    make_agent("one", max_parallel_tasks=1)
+    processes.workers(processes=1, threads=4)
+    # Warm the pool up so start-up time is not measured.
+    warm = submit_execution(services, "one", "warm-up").execution.id
+    wait_for(lambda: statuses(services, [warm])[warm] == "completed", 60, message="warm-up")
+    first = submit_execution(services, "one", "first sleep=1").execution.id
+    wait_for(lambda: statuses(services, [first])[first] == "running", 30, message="first running")
+    second = submit_execution(services, "one", "second").execution.id
+    wait_for(lambda: _queued(services, second), 30, message="second parked")
+    wait_for(lambda: set(statuses(services, [first, second]).values()) == {"completed"}, 60,
+             message="both completed")
+    with services.Session() as session:
+        a, b = session.get(Execution, first), session.get(Execution, second)
+    gap_ms = (b.started_at - a.completed_at).total_seconds() * 1000
+    print(f"\npromotion latency (first completed_at -> second started_at): {gap_ms:.1f} ms")
+    assert gap_ms < 100, f"waiter started {gap_ms:.1f} ms after the release"
+
+
+def _queued(services, execution_id):
+    with services.Session() as session:
+        return session.get(Execution, execution_id).queued_at is not None
+
+
+def test_concurrent_admissions_from_many_threads_never_overbook(services):
+    slots = services.slots
+    admitted: list[str] = []
+    lock = threading.Lock()
+
+    def contend(i: int) -> None:
+        result = slots.acquire("racy", f"ex-{i}", 3, 60)
+        if result.admitted:
+            with lock:
+                admitted.append(f"ex-{i}")
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 3
+    assert len(slots.holders("racy")) == 3
+    waiting = [slots.position("racy", f"ex-{i}") for i in range(50)]
+    assert sorted(p for p in waiting if p is not None) == list(range(1, 48))
+
+
+def test_release_frees_only_its_own_lease_and_names_the_head_waiter(services):
+    slots = services.slots
+    for name in ("a", "b", "c"):
+        assert slots.acquire("x", name, 2, 60).admitted or name == "c"
+    assert slots.position("x", "c") == 1
+    assert slots.release("x", "not-holding", 2) == []
+    assert set(slots.holders("x")) == {"a", "b"}
+    assert slots.release("x", "a", 2) == ["c"]
+    assert set(slots.holders("x")) == {"b"}
+    assert slots.acquire("x", "d", 2, 60).admitted is False, "d must queue behind c"
+    assert slots.acquire("x", "c", 2, 60).admitted is True
+
+
+def test_a_lease_lapses_without_renewal_and_is_capped_at_timeout_plus_buffer(services):
+    from shared.slots import Slots
+
+    short = Slots(services.redis, lease_seconds=0.2, buffer_seconds=0.0)
+    assert short.acquire("lapse", "e1", 1, timeout_seconds=0.5).admitted
+    assert short.acquire("lapse", "e2", 1, 60).admitted is False
+    wait_for(lambda: short.acquire("lapse", "e2", 1, 60).admitted, 5, message="lapse")
+    # Renewal keeps a lease only until its cap (timeout + buffer).
+    capped = Slots(services.redis, lease_seconds=10, buffer_seconds=0.0)
+    assert capped.acquire("cap", "e3", 1, timeout_seconds=0.3).admitted
+    assert capped.renew("cap", "e3")
+    wait_for(lambda: not capped.renew("cap", "e3"), 5, message="cap")
+    assert capped.holders("cap") == []
