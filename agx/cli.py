@@ -7,10 +7,11 @@ import logging
 import os
 import sys
 from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
-import yaml
 
 from agx.client import ApiError, Client
 from shared.settings import Settings
@@ -20,10 +21,15 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _services() -> Any:
+@contextmanager
+def _services() -> Iterator[Any]:
     from shared.services import Services
 
-    return Services(_settings().require(), pool_size=4)
+    services = Services(_settings().require(), pool_size=4)
+    try:
+        yield services
+    finally:
+        services.close()
 
 
 @click.group()
@@ -62,10 +68,13 @@ def api(host: str, port: int, procs: int, threads: int) -> None:
 @click.option("--threads", "-t", default=8, show_default=True)
 def workers(processes: int, threads: int) -> None:
     """Run a Dramatiq worker pool consuming executions."""
-    _settings().require()
+    settings = _settings().require()
     env = dict(os.environ)
     # Prefetch no more than a process can start: parked executions wait in Redis, not here.
     env.setdefault("dramatiq_queue_prefetch", str(threads))
+    if not settings.effective_broker_url.startswith("amqp"):
+        # Dramatiq's Redis broker polls, backing off up to this many ms: keep promotion prompt.
+        env.setdefault("dramatiq_worker_timeout", "20")
     argv = [sys.executable, "-m", "dramatiq", "workers.main", "--processes", str(processes),
             "--threads", str(threads), "--worker-shutdown-timeout", "15000"]
     os.execve(sys.executable, argv, env)
@@ -82,10 +91,11 @@ def reaper(interval: float) -> None:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        run_forever(_services(), interval, stop)
-    except KeyboardInterrupt:
-        pass
+    with _services() as services:
+        try:
+            run_forever(services, interval, stop)
+        except KeyboardInterrupt:
+            pass
 
 
 @main.command()
@@ -178,7 +188,9 @@ def agents_apply(path: Path) -> None:
     """Create or update the agents listed in a YAML file (idempotent)."""
     from agx.apply import apply_file
 
-    for name, change in apply_file(_services(), path):
+    with _services() as services:
+        changes = apply_file(services, path)
+    for name, change in changes:
         click.echo(f"{change:<9} {name}")
 
 
@@ -194,8 +206,7 @@ def keys_create(name: str, agent_names: tuple[str, ...]) -> None:
     """Create an API key (admin, or scoped with --agent) and print it once."""
     from shared.apikeys import create_key
 
-    services = _services()
-    with services.Session.begin() as session:
+    with _services() as services, services.Session.begin() as session:
         key = create_key(session, name, list(agent_names))
     click.echo(key)
 
