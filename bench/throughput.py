@@ -93,6 +93,23 @@ def ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def kill_agents(record: Path) -> None:
+    """SIGKILL agent processes of this bench run (their env names our record file).
+
+    agx starts agents in their own session (PR_SET_PDEATHSIG kills them with their
+    worker thread), so the pool's process group does not cover them: sweep by pid.
+    """
+    marker = f"BENCH_RECORD={record}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
 def delete_queues(amqp_url: str, queues: Iterable[str]) -> None:
     import pika
 
@@ -106,18 +123,32 @@ def delete_queues(amqp_url: str, queues: Iterable[str]) -> None:
         conn.close()
 
 
-def consumer_count(amqp_url: str, queue: str) -> int:
+def _queue_info(amqp_url: str, queue: str) -> tuple[int, int]:
+    """(messages ready, consumers) of a queue; (0, 0) when it is not declared yet."""
     import pika
     from pika.exceptions import ChannelClosedByBroker
 
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
-        return conn.channel().queue_declare(queue, passive=True).method.consumer_count
-    except ChannelClosedByBroker:  # not declared yet
-        return 0
+        method = conn.channel().queue_declare(queue, passive=True).method
+        return method.message_count, method.consumer_count
+    except ChannelClosedByBroker:
+        return 0, 0
     finally:
         if conn.is_open:
             conn.close()
+
+
+def consumer_count(amqp_url: str, queue: str) -> int:
+    return _queue_info(amqp_url, queue)[1]
+
+
+def queue_depth(amqp_url: str, queue: str) -> int:
+    return _queue_info(amqp_url, queue)[0]
+
+
+class TimedOut(RuntimeError):
+    """A wait ran past its deadline."""
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
@@ -125,7 +156,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs()}")
+            raise TimedOut(f"timed out after {timeout:.0f} s waiting for {what}\n{logs()}")
         time.sleep(interval)
 
 
@@ -157,10 +188,15 @@ class Result:
     idle: list[Run] = field(default_factory=list)
     wall: float = math.nan
     runs_per_message: Counter[str] = field(default_factory=Counter)
+    leftover: int = 0  # messages still in the queue once every row is terminal
+
+    @property
+    def finished(self) -> int:
+        return sum(r.status in TERMINAL for r in self.load)
 
     @property
     def rate(self) -> float:
-        return len(self.load) / self.wall if self.wall else math.nan
+        return self.finished / self.wall if self.wall else math.nan
 
 
 def _parse_output(run: Run, output: str | None) -> None:
@@ -213,9 +249,19 @@ class Side:
                    interval=0.2, logs=self.logs)
 
     def stop_workers(self) -> None:
-        if self.proc is not None:
-            procs.stop(self.proc, grace_seconds=10)
-            self.proc = None
+        """Stop the pool's process group, then any agent it started that is still alive.
+
+        Ctrl-C and SIGTERM are held off meanwhile, so a second one cannot cut the cleanup.
+        """
+        held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            if self.proc is not None:
+                procs.stop(self.proc, grace_seconds=10)
+                self.proc = None
+            kill_agents(self.record)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
     def _one(self, message: str) -> Run:
         submitted = time.time()
@@ -224,18 +270,33 @@ class Side:
         run.returned = time.time()
         return run
 
-    def wait_terminal(self, keys: list[str], timeout: float, interval: float) -> None:
+    def wait_terminal(self, keys: list[str], timeout: float, interval: float,
+                      stall: float | None = None) -> set[str]:
+        """Wait until every row is terminal; return the ones that are not (timeout or stall)."""
         pending = set(keys)
+        progress = [time.monotonic(), len(pending)]
 
         def done() -> bool:
             rows = self.conn().execute(
                 f"SELECT id FROM {self.table} WHERE id = ANY(%s) AND status = ANY(%s)",
                 (list(pending), list(TERMINAL))).fetchall()
             pending.difference_update(r[0] for r in rows)
+            now = time.monotonic()
+            if len(pending) < progress[1]:
+                progress[:] = [now, len(pending)]
+            elif stall and now - progress[0] > stall:
+                raise TimedOut(f"no {self.name} execution finished for {stall:.0f} s")
             return not pending
 
-        wait_until(done, timeout, f"{len(pending)} {self.name} executions to finish",
-                   interval=interval, logs=self.logs)
+        try:
+            wait_until(done, timeout, f"{len(pending)} {self.name} executions to finish",
+                       interval=interval, logs=self.logs)
+        except TimedOut as exc:
+            if stall is None:
+                raise
+            print(f"[{self.name}] GAVE UP: {str(exc).splitlines()[0]}; "
+                  f"{len(pending)} of {len(keys)} not terminal", flush=True)
+        return pending
 
     def collect(self, runs: list[Run]) -> None:
         rows = self.fetch([r.key for r in runs])
@@ -284,10 +345,12 @@ class Side:
         if errors:
             raise errors[0]
         done = [r for r in runs if r is not None]
-        self.wait_terminal([r.key for r in done], self.args.timeout, 0.2)
+        unfinished = self.wait_terminal([r.key for r in done], self.args.timeout, 0.2,
+                                        stall=self.args.stall)
+        end = time.time()
         self.collect(done)
         first = min(r.submitted for r in done)
-        last = max(r.completed for r in done)
+        last = end if unfinished else max(r.completed for r in done)
         return done, last - first
 
     def run(self) -> Result:
@@ -303,6 +366,8 @@ class Side:
             if self.record.exists():
                 result.runs_per_message = Counter(
                     line.split()[0] for line in self.record.read_text().splitlines() if line)
+            time.sleep(1)  # let stray (duplicate) messages land before counting them
+            result.leftover = queue_depth(self.args.amqp_url, self.queue())
         finally:
             self.stop_workers()
             self.close()
@@ -411,6 +476,17 @@ class BareSide(Side):
 # --- report ------------------------------------------------------------------------------------
 
 
+def tree_version() -> str:
+    import subprocess
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True,
+                              text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"{git('rev-parse', '--short', 'HEAD')}{' (+ uncommitted changes)' if dirty else ''}"
+
+
 def dispatch(runs: list[Run]) -> tuple[list[float], list[float]]:
     start = [r.agent_start - r.submitted for r in runs if not math.isnan(r.agent_start)]
     claim = [r.claimed - r.submitted for r in runs if not math.isnan(r.claimed)]
@@ -418,7 +494,8 @@ def dispatch(runs: list[Run]) -> tuple[list[float], list[float]]:
 
 
 def report(results: list[Result], args: argparse.Namespace) -> None:
-    print(f"\n{args.count} executions, workers --processes {args.processes} "
+    print(f"\ntree: {tree_version()}")
+    print(f"{args.count} executions, workers --processes {args.processes} "
           f"--threads {args.threads}, {args.submit_threads} submit threads, "
           f"{os.cpu_count()} CPUs; agent: python -S bench/trivial_agent.py")
     print("dispatch (agent start) = agent's first time.time() - submit; "
@@ -430,11 +507,16 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     for r in results:
         start, claim = dispatch(r.load)
         istart, iclaim = dispatch(r.idle)
-        print(f"{r.name:<6}{len(r.load):>7}{r.wall:>9.2f}{r.rate:>9.1f}"
+        count = f"{r.finished}" if r.finished == len(r.load) else f"{r.finished}/{len(r.load)}"
+        print(f"{r.name:<6}{count:>7}{r.wall:>9.2f}{r.rate:>9.1f}"
               f"{ms(pct(start, 50)):>11}{ms(pct(start, 99)):>11}"
               f"{ms(pct(claim, 50)):>11}{ms(pct(claim, 99)):>11}"
               f"{ms(pct(istart, 50)):>16}{ms(pct(iclaim, 50)):>16}")
-    print("(latencies in ms)")
+    print("(latencies in ms; count = executions finished under load)")
+    for r in results:
+        if r.leftover:
+            print(f"{r.name}: {r.leftover} messages still queued after every row was terminal "
+                  "(duplicate deliveries)")
     by = {r.name: r for r in results}
     if "agx" in by and "bare" in by:
         ratio = by["agx"].rate / by["bare"].rate
@@ -501,6 +583,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--submit-threads", type=int, default=4, help="concurrent submitters")
     p.add_argument("--only", choices=("agx", "bare"), help="run one side only")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the load")
+    p.add_argument("--stall", type=float, default=60,
+                   help="give up (and report what finished) after this long without progress")
     p.add_argument("--db-url", default="postgresql://postgres@127.0.0.1:5432/agx_bench")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
