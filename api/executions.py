@@ -17,6 +17,7 @@ from api.validation import query_params
 from shared.errors import InvalidField, NotFound
 from shared.models import Execution, Transcript
 from shared.states import ExecutionStatus
+from shared.stopping import request_stop
 from shared.timefmt import parse_iso
 
 bp = Blueprint("executions", __name__, url_prefix="/api")
@@ -129,3 +130,11 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         return parse_iso(created), eid
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidField("cursor", "is not a cursor returned by this API") from None
+
+
+@bp.post("/agents/<name>/executions/<execution_id>/stop")
+def stop_execution(name: str, execution_id: str) -> Any:
+    """Stop: pending -> cancelled now; running -> the agent's process group is killed."""
+    require_agent_visible(name)
+    row = request_stop(services(), execution_id, name)
+    return jsonify(execution_dict(row)), 202 if row.status == "running" else 200

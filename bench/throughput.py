@@ -275,6 +275,7 @@ class Side:
         """Wait until every row is terminal; return the ones that are not (timeout or stall)."""
         pending = set(keys)
         progress = [time.monotonic(), len(pending)]
+        checked = [time.monotonic()]
 
         def done() -> bool:
             rows = self.conn().execute(
@@ -286,6 +287,12 @@ class Side:
                 progress[:] = [now, len(pending)]
             elif stall and now - progress[0] > stall:
                 raise TimedOut(f"no {self.name} execution finished for {stall:.0f} s")
+            if stall and pending and now - checked[0] > 5:
+                checked[0] = now
+                depth = queue_depth(self.args.amqp_url, self.queue())
+                if depth > self.args.max_queue:
+                    raise TimedOut(f"{depth} messages in {self.queue()} (> --max-queue): "
+                                   "a message storm")
             return not pending
 
         try:
@@ -585,6 +592,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the load")
     p.add_argument("--stall", type=float, default=60,
                    help="give up (and report what finished) after this long without progress")
+    p.add_argument("--max-queue", type=int, default=1_000_000,
+                   help="give up when the queue holds more messages than this (a storm)")
     p.add_argument("--db-url", default="postgresql://postgres@127.0.0.1:5432/agx_bench")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")

@@ -20,6 +20,11 @@ def waiting(agent: str) -> str:
     return f"{PREFIX}:wait:{{{agent}}}"
 
 
+def epoch() -> str:
+    """STRING set once per Redis lifetime; its absence means Redis lost its data."""
+    return f"{PREFIX}:epoch"
+
+
 def agents_index() -> str:
     """SET of agent names that have (or had) slots or waiters, for the reaper."""
     return f"{PREFIX}:agents"

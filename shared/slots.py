@@ -54,10 +54,12 @@ class Slots:
         )
         return Admission(bool(admitted), int(position))
 
-    def renew(self, agent: str, execution_id: str) -> bool:
-        """Extend the lease; False means it is gone and the holder must stop."""
-        return bool(self._renew(keys=[keys.slots(agent), keys.lease_caps(agent)],
-                                args=[execution_id, self.lease_ms]))
+    def renew(self, agent: str, execution_id: str, max_parallel: int,
+              remaining_seconds: float) -> bool:
+        """Extend the lease (or restore it if a slot is free); False: gone, the holder stops."""
+        return bool(self._renew(
+            keys=[keys.slots(agent), keys.lease_caps(agent)],
+            args=[execution_id, self.lease_ms, max_parallel, int(remaining_seconds * 1000)]))
 
     def release(self, agent: str, execution_id: str, max_parallel: int) -> list[str]:
         """Drop this execution's lease or waiting entry; return the waiters that now fit."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -82,10 +83,8 @@ def started() -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
     for proc in procs:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait()
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             if pipe:
@@ -126,8 +125,7 @@ def test_a_plain_message_yields_init_then_assistant_then_result() -> None:
 
 
 def test_model_and_resume_set_the_model_and_session_and_other_arguments_are_ignored() -> None:
-    args = ("-p", "--output-format", "stream-json", "--verbose", "--model", "m-1", "--resume", "s-9")
-    demo = run_demo("hi", *args)
+    demo = run_demo("hi", "-p", "--output-format=stream-json", "--model", "m-1", "--resume", "s-9")
     init, reply, result = demo.events()
     assert (init["model"], init["session_id"]) == ("m-1", "s-9")
     assert reply["message"]["model"] == "m-1" and result["session_id"] == "s-9"
@@ -200,7 +198,7 @@ def test_ignore_signals_survives_sigint_and_sigterm(started: list) -> None:
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(RUN_TIMEOUT_SECONDS) == 0
-    assert json.loads(proc.stdout.read().splitlines()[-1])["type"] == "result"
+    assert proc.stdout and json.loads(proc.stdout.read().splitlines()[-1])["type"] == "result"
 
 
 def test_grandchild_leaves_a_running_child_and_prints_its_pid(started: list) -> None:

@@ -28,7 +28,10 @@ LINEAR_BUDGET_SECONDS = 3.0  # measured well under 1 s per 10 MB; quadratic woul
         ("ANTHROPIC_API_KEY=sk-ant-demo1234567890abcdefXYZ", "ANTHROPIC_API_KEY=[REDACTED]"),
         ("db.password: hunter2 next", "db.password: [REDACTED] next"),
         ("PASSWD=1234 x-api-key: abc", "PASSWD=[REDACTED] x-api-key: [REDACTED]"),
-        ("export GITHUB_TOKEN='ghx' my_secret = \"s3\"", "export GITHUB_TOKEN='[REDACTED]' my_secret = \"[REDACTED]\""),
+        (
+            "export GITHUB_TOKEN='ghx' my_secret = \"s3\"",
+            "export GITHUB_TOKEN='[REDACTED]' my_secret = \"[REDACTED]\"",
+        ),
         ("client_Secret:abc,def", "client_Secret:[REDACTED]"),
     ],
 )

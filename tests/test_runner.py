@@ -21,7 +21,7 @@ from workers.runner import RunOutcome, run_agent
 REPO = str(Path(__file__).resolve().parents[1])
 DEMO = [sys.executable, "-m", "agx.demo_agent"]
 DEMO_ENV = {"PYTHONPATH": REPO}
-DEADLINE_SECONDS = 2.0
+DEADLINE_SECONDS = 10.0
 
 
 def python(code: str) -> list[str]:

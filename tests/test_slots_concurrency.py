@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 from producer import submit_execution
@@ -120,7 +121,23 @@ def test_a_lease_lapses_without_renewal_and_is_capped_at_timeout_plus_buffer(ser
     wait_for(lambda: short.acquire("lapse", "e2", 1, 60).admitted, 5, message="lapse")
     # Renewal keeps a lease only until its cap (timeout + buffer).
     capped = Slots(services.redis, lease_seconds=10, buffer_seconds=0.0)
+    began = time.monotonic()
     assert capped.acquire("cap", "e3", 1, timeout_seconds=0.3).admitted
-    assert capped.renew("cap", "e3")
-    wait_for(lambda: not capped.renew("cap", "e3"), 5, message="cap")
+
+    def renew() -> bool:
+        return capped.renew("cap", "e3", 1, 0.3 - (time.monotonic() - began))
+
+    assert renew()
+    wait_for(lambda: not renew(), 5, message="cap")
     assert capped.holders("cap") == []
+
+
+def test_a_vanished_lease_is_restored_only_when_a_slot_is_free(services):
+    slots = services.slots
+    assert slots.acquire("wipe", "run-1", 1, 60).admitted
+    services.redis.flushdb()  # what a Redis restart without persistence does
+    assert slots.renew("wipe", "run-1", 1, 60) is True
+    assert slots.holders("wipe") == ["run-1"]
+    services.redis.flushdb()
+    assert slots.acquire("wipe", "newcomer", 1, 60).admitted
+    assert slots.renew("wipe", "run-1", 1, 60) is False, "the slot is taken: the holder stops"

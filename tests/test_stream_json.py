@@ -101,7 +101,8 @@ def test_nothing_at_all_gives_an_empty_run() -> None:
 
 def test_lines_that_are_not_json_objects_are_skipped_and_feed_returns_none() -> None:
     parser = StreamJsonParser()
-    for line in ["this is not json", "[1,2,3]", "42", '"text"', "null", "", "{broken", "[" * 100_000]:
+    junk = ["this is not json", "[1,2,3]", "42", '"text"', "null", "", "{bad", "[" * 100_000]
+    for line in junk:
         assert parser.feed(line) is None
     assert parser.feed(json.dumps(result())) == result()
     assert parser.result().response == "final text"

@@ -6,23 +6,28 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from shared.redact import redact
 from sqlalchemy import select
 
+from shared.events import EventWriter
 from shared.models import Agent, Execution, Transcript
 from shared.services import Services
 from shared.slots import submitted_us
 from shared.states import AgentOutput, ExecutionStatus
+from shared.stopping import STOPPED_ERROR
 from workers import lifecycle
+from workers.control import StopListener
 from workers.runner import RunOutcome, run_agent
 from workers.stream_json import parser_for
 
 log = logging.getLogger(__name__)
 
 MAX_STORED_BYTES = 64 * 1024 * 1024  #: transcript bytes kept per execution, then a marker
+ROW_EVERY = 3  #: heartbeats between writes of heartbeat_at (the lease is renewed every beat)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class Executor:
 
     def __init__(self, services: Services):
         self.services = services
+        self.stops = StopListener(services.redis)
 
     @property
     def worker_id(self) -> str:
@@ -79,9 +85,10 @@ class Executor:
                 self._release(job)
             return
         try:
-            self._run(job, attempt)
-        finally:
+            self._run(job, attempt)  # releases the slot itself, right after its terminal write
+        except BaseException:
             self._release(job)
+            raise
 
     def _load(self, execution_id: str) -> Job | None:
         with self.services.Session() as session:
@@ -108,15 +115,19 @@ class Executor:
                 log.warning("could not promote %s; the reaper will", head, exc_info=True)
 
     def _run(self, job: Job, attempt: int) -> None:
-        transcript = _TranscriptBuffer()
+        transcript: list[str] = []
         parser = parser_for(job.output)
+        events = EventWriter(self.services.redis, job.execution_id)
+        events.status(ExecutionStatus.running.value, attempt=attempt)
 
         def on_line(line: str) -> None:
             line = redact(line)
             transcript.append(line)
             parser.feed(line)
+            events.line(line)
 
         watch = _Watch(self.services, job, attempt)
+        self.stops.register(job.execution_id, lambda: watch.kill("cancel"))
         watch.start()
         try:
             outcome: RunOutcome | str = run_agent(
@@ -127,14 +138,21 @@ class Executor:
         except OSError as exc:
             outcome = f"could not start agent: {exc}"
         finally:
+            self.stops.unregister(job.execution_id)
             watch.close()
         status, fields = judge(job, outcome, parser.result(), watch.reason)
+        row = Transcript(execution_id=job.execution_id, content="\n".join(transcript),
+                         line_count=len(transcript),
+                         truncated=isinstance(outcome, RunOutcome) and outcome.truncated)
         with self.services.Session.begin() as session:
-            written = lifecycle.finish(session, job.execution_id, attempt, status, fields,
-                                       transcript.row(job.execution_id))
-        if not written:
+            final = lifecycle.finish(session, job.execution_id, attempt, status, fields, row)
+        self._release(job)  # promote the next waiter before anything else
+        if final is None:
             log.warning("execution %s attempt %s: row moved on; result discarded",
                         job.execution_id, attempt)
+            events.close()
+            return
+        events.close(final.status, error=final.error, response=fields.get("response"))
 
 
 def _argv(job: Job) -> list[str]:
@@ -160,7 +178,7 @@ def judge(job: Job, outcome: RunOutcome | str, parsed: Any, reason: str | None
     fields.update(exit_code=outcome.exit_code, duration_ms=outcome.duration_ms)
     error = _error(job, outcome, parsed, reason)
     if reason == "cancel":
-        return ExecutionStatus.cancelled, {**fields, "error": lifecycle.STOPPED_ERROR}
+        return ExecutionStatus.cancelled, {**fields, "error": STOPPED_ERROR}
     if error:
         return ExecutionStatus.failed, {**fields, "error": error}
     return ExecutionStatus.completed, {**fields, "error": None}
@@ -181,21 +199,6 @@ def _error(job: Job, outcome: RunOutcome, parsed: Any, reason: str | None) -> st
     return None
 
 
-class _TranscriptBuffer:
-    """Collects redacted lines for the transcript row."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def append(self, line: str) -> None:
-        self.lines.append(line)
-
-    def row(self, execution_id: str) -> Transcript:
-        text = "\n".join(self.lines)
-        return Transcript(execution_id=execution_id, content=text, line_count=len(self.lines),
-                          truncated="[output truncated after" in text[-200:])
-
-
 class _Watch(threading.Thread):
     """Heartbeat: renews the lease, stamps heartbeat_at, and notices stop requests."""
 
@@ -204,6 +207,8 @@ class _Watch(threading.Thread):
         self.services, self.job, self.attempt = services, job, attempt
         self.stop = threading.Event()  # set to kill the agent
         self.reason: str | None = None
+        self.beats = 0
+        self.began = time.monotonic()
         self._closed = threading.Event()
 
     def run(self) -> None:
@@ -212,24 +217,32 @@ class _Watch(threading.Thread):
             self.beat()
 
     def beat(self) -> None:
-        """One heartbeat: lease first (it fences), then the row."""
+        """One heartbeat: the lease every time (it fences), the row every ROW_EVERY beats."""
+        self.beats += 1
+        remaining = self.job.timeout_seconds + self.services.settings.lease_buffer_seconds - (
+            time.monotonic() - self.began)
         try:
-            if not self.services.slots.renew(self.job.agent_name, self.job.execution_id):
-                return self._kill("lease")
-        except Exception:  # Redis briefly away: the lease cap still bounds us
+            if not self.services.slots.renew(self.job.agent_name, self.job.execution_id,
+                                             self.job.max_parallel, remaining):
+                return self.kill("lease")
+        except Exception:  # Redis briefly away: the row check below still fences us
             log.warning("lease renewal failed for %s", self.job.execution_id, exc_info=True)
+        if self.beats % ROW_EVERY:
+            return None
         try:
             with self.services.Session.begin() as session:
                 ours, stop = lifecycle.heartbeat(session, self.job.execution_id, self.attempt)
         except Exception:
             log.warning("heartbeat write failed for %s", self.job.execution_id, exc_info=True)
-            return
+            return None
         if not ours:
-            self._kill("lease")
+            self.kill("lease")
         elif stop:
-            self._kill("cancel")
+            self.kill("cancel")
+        return None
 
-    def _kill(self, reason: str) -> None:
+    def kill(self, reason: str) -> None:
+        """Stop the agent for `reason` ('cancel' or 'lease'); the first reason sticks."""
         if self.reason is None:
             self.reason = reason
         self.stop.set()

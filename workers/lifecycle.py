@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session
 
 from shared.models import Execution, Transcript, utcnow
 from shared.states import ExecutionStatus
+from shared.stopping import STOPPED_ERROR
 
-STOPPED_ERROR = "stopped by request"
 
 
 def claim(session: Session, execution_id: str, worker_id: str) -> int | None:
@@ -26,8 +26,8 @@ def claim(session: Session, execution_id: str, worker_id: str) -> int | None:
 
 
 def finish(session: Session, execution_id: str, attempt: int, status: ExecutionStatus,
-           fields: dict[str, Any], transcript: Transcript | None = None) -> bool:
-    """CAS running(attempt) -> terminal with the outcome; False when the row moved on."""
+           fields: dict[str, Any], transcript: Transcript | None = None) -> Any:
+    """CAS running(attempt) -> terminal; returns (status, error) as written, None if moved on."""
     assert status.terminal
     # A stop accepted before this write wins over whatever the run produced (invariant 2).
     stopped = Execution.cancel_requested_at.is_not(None)
@@ -38,11 +38,11 @@ def finish(session: Session, execution_id: str, attempt: int, status: ExecutionS
                Execution.attempt == attempt)
         .values(status=case((stopped, ExecutionStatus.cancelled.value), else_=status.value),
                 completed_at=utcnow(), **fields)
-        .returning(Execution.id)
-    ).scalar_one_or_none()
-    if done and transcript is not None:
+        .returning(Execution.status, Execution.error)
+    ).one_or_none()
+    if done is not None and transcript is not None:
         session.merge(transcript)
-    return done is not None
+    return done
 
 
 def heartbeat(session: Session, execution_id: str, attempt: int) -> tuple[bool, bool]:

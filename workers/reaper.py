@@ -10,11 +10,13 @@ import logging
 import threading
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
-from shared import keys
-from shared.models import Agent, Execution, utcnow
+from shared import events, keys
+from shared.models import Agent, Execution, Transcript, utcnow
 from shared.services import Services
+from shared.slots import submitted_us
 from shared.states import ExecutionStatus
 
 log = logging.getLogger(__name__)
@@ -24,25 +26,32 @@ BATCH = 500  #: rows looked at per sweep step
 
 
 def redispatch(services: Services) -> list[str]:
-    """Re-send pending rows nobody holds or waits for (lost publish, Redis wiped)."""
-    cutoff = utcnow() - timedelta(seconds=services.settings.redispatch_after_seconds)
+    """Re-send pending rows nobody holds or waits for (lost publish, Redis wiped).
+
+    Each goes back into its agent's waiting list at its submission time, so FIFO survives
+    a Redis restart. Right after a restart (the epoch key is gone) no age cutoff applies.
+    """
+    fresh_redis = services.redis.set(keys.epoch(), utcnow().isoformat(), nx=True)
+    age = 0 if fresh_redis else services.settings.redispatch_after_seconds
+    cutoff = utcnow() - timedelta(seconds=age)
     with services.Session.begin() as session:
         rows = session.execute(
-            select(Execution.id, Execution.agent_name)
+            select(Execution.id, Execution.agent_name, Execution.created_at)
             .where(Execution.status == ExecutionStatus.pending.value,
-                   Execution.dispatched_at < cutoff)
+                   Execution.dispatched_at <= cutoff)
             .order_by(Execution.created_at).limit(BATCH).with_for_update(skip_locked=True)
         ).all()
-        lost = [eid for eid, agent in rows if not _known_to_redis(services, agent, eid)]
+        lost = [r for r in rows if not _known_to_redis(services, r.agent_name, r.id)]
         if lost:
-            session.execute(update(Execution).where(Execution.id.in_(lost))
+            session.execute(update(Execution).where(Execution.id.in_([r.id for r in lost]))
                             .values(dispatched_at=utcnow()))
-    for eid in lost:
+    for row in lost:
         try:
-            services.publish(eid)
+            services.slots.enqueue(row.agent_name, row.id, submitted_us(row.created_at))
+            services.publish(row.id)
         except Exception:
-            log.warning("re-dispatch of %s failed; next sweep retries", eid, exc_info=True)
-    return lost
+            log.warning("re-dispatch of %s failed; next sweep retries", row.id, exc_info=True)
+    return [r.id for r in lost]
 
 
 def _known_to_redis(services: Services, agent: str, execution_id: str) -> bool:
@@ -53,30 +62,39 @@ def _known_to_redis(services: Services, agent: str, execution_id: str) -> bool:
 
 
 def fail_lost(services: Services) -> list[str]:
-    """Fail running rows whose lease is gone: their worker died or was paused past its lease."""
+    """Fail running rows whose lease is gone: their worker died or was paused past its lease.
+
+    The transcript is rebuilt from the event stream, and the terminal event is published.
+    """
     grace = utcnow() - timedelta(seconds=services.settings.lease_seconds)
-    failed = []
     with services.Session.begin() as session:
         rows = session.execute(
             select(Execution.id, Execution.agent_name, Execution.attempt)
             .where(Execution.status == ExecutionStatus.running.value,
-                   Execution.started_at < grace)
+                   Execution.started_at < grace,
+                   or_(Execution.heartbeat_at.is_(None), Execution.heartbeat_at < grace))
             .limit(BATCH).with_for_update(skip_locked=True)
         ).all()
-        for eid, agent, attempt in rows:
-            if services.redis.zscore(keys.slots(agent), eid) is not None:
-                continue
-            done = session.execute(
-                update(Execution)
-                .where(Execution.id == eid, Execution.attempt == attempt,
-                       Execution.status == ExecutionStatus.running.value)
-                .values(status=ExecutionStatus.failed.value, error=WORKER_LOST,
-                        completed_at=utcnow())
-                .returning(Execution.id)
-            ).scalar_one_or_none()
-            if done:
-                failed.append(eid)
-    return failed
+        lost = [(eid, attempt) for eid, agent, attempt in rows
+                if services.redis.zscore(keys.slots(agent), eid) is None]
+        for eid, attempt in lost:
+            _fail(services, session, eid, attempt)
+    for eid, _ in lost:
+        events.emit(services.redis, eid, [events.status_event(
+            events.last_event_id(services.redis, eid) + 1, ExecutionStatus.failed.value,
+            error=WORKER_LOST)], final=True)
+    return [eid for eid, _ in lost]
+
+
+def _fail(services: Services, session: Session, execution_id: str, attempt: int) -> None:
+    session.execute(
+        update(Execution)
+        .where(Execution.id == execution_id, Execution.attempt == attempt,
+               Execution.status == ExecutionStatus.running.value)
+        .values(status=ExecutionStatus.failed.value, error=WORKER_LOST, completed_at=utcnow()))
+    lines = events.stream_lines(services.redis, execution_id)
+    session.merge(Transcript(execution_id=execution_id, content="\n".join(lines),
+                             line_count=len(lines), truncated=False))
 
 
 def promote(services: Services) -> list[str]:

@@ -222,7 +222,7 @@ def _spawn(argv: list[str], workdir: str | None, env: Mapping[str, str] | None) 
         cwd=workdir,
         env=None if env is None else {**os.environ, **env},
         start_new_session=True,
-        preexec_fn=None,  # noqa: PLW1509 - only prctl, which is async-signal-safe
+        preexec_fn=_death_pact(),  # noqa: PLW1509 - only prctl, which is async-signal-safe
     )
 
 
@@ -283,7 +283,8 @@ def run_agent(
             _signal_group(proc.pid, signal.SIGINT)
             _watch(proc.pid, time.monotonic() + grace_seconds, threading.Event(), threading.Event())
     finally:
-        pass
+        # Every path ends here: whatever is left of the group, grandchildren included, dies.
+        _signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
         pipes.finish()
     if pipes.error is not None:

@@ -1,23 +1,32 @@
--- Renew an execution's lease, never past its hard cap.
+-- Renew an execution's lease, never past its hard cap; restore a lease that vanished (Redis
+-- restarted, or lapsed while nobody took the slot) only when a slot is free.
 -- KEYS[1] slots    ZSET  execution_id -> lease expiry ms
 -- KEYS[2] caps     HASH  execution_id -> hard lease cap ms
--- ARGV[1] execution_id   ARGV[2] lease_ms
--- Returns 1 when renewed, 0 when the lease is gone (lapsed, reaped or capped): stop work.
+-- ARGV[1] execution_id   ARGV[2] lease_ms   ARGV[3] max_parallel
+-- ARGV[4] remaining cap ms (the holder's own count of timeout + buffer left)
+-- Returns 1 renewed, 2 restored, 0 gone for good (stop work).
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) <= now then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  return 0
-end
-local cap = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or score)
+local id = ARGV[1]
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, member in ipairs(lapsed) do redis.call('HDEL', KEYS[2], member) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+
+local cap = tonumber(redis.call('HGET', KEYS[2], id) or (now + tonumber(ARGV[4])))
 local expiry = math.min(now + tonumber(ARGV[2]), cap)
 if expiry <= now then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
   return 0
 end
-redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[1])
-return 1
+if redis.call('ZSCORE', KEYS[1], id) then
+  redis.call('ZADD', KEYS[1], 'XX', expiry, id)
+  return 1
+end
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], expiry, id)
+  redis.call('HSET', KEYS[2], id, cap)
+  return 2
+end
+return 0

@@ -1,0 +1,61 @@
+"""Stop: a pending execution is cancelled at once; a running one's worker is told to kill it."""
+
+from __future__ import annotations
+
+import logging
+
+from shared import events
+from shared.keys import control_channel
+from shared.errors import Conflict, NotFound
+from shared.models import Agent, Execution, utcnow
+from shared.services import Services
+from shared.states import ExecutionStatus
+
+log = logging.getLogger(__name__)
+
+STOPPED_ERROR = "stopped by request"
+
+
+def request_stop(services: Services, execution_id: str, agent_name: str | None = None
+                 ) -> Execution:
+    """Accept a stop (409 when already finished); returns the row as it now stands."""
+    with services.Session.begin() as session:
+        row = session.get(Execution, execution_id, with_for_update=True)
+        if row is None or (agent_name is not None and row.agent_name != agent_name):
+            raise NotFound(f"execution '{execution_id}' does not exist")
+        status = ExecutionStatus(row.status)
+        if status.terminal:
+            raise Conflict(f"execution '{execution_id}' already finished ({status.value})")
+        now = utcnow()
+        row.cancel_requested_at = row.cancel_requested_at or now
+        if status is ExecutionStatus.pending:
+            row.status, row.error, row.completed_at = ExecutionStatus.cancelled.value, \
+                STOPPED_ERROR, now
+        max_parallel = session.get(Agent, row.agent_name).max_parallel_tasks  # type: ignore[union-attr]
+    if status is ExecutionStatus.pending:
+        _forget_waiter(services, row, max_parallel)
+    else:
+        _tell_worker(services, execution_id)
+    return row
+
+
+def _forget_waiter(services: Services, row: Execution, max_parallel: int) -> None:
+    try:
+        heads = services.slots.release(row.agent_name, row.id, max_parallel)
+        events.emit(services.redis, row.id, [events.status_event(
+            1, ExecutionStatus.cancelled.value, error=STOPPED_ERROR)], final=True)
+    except Exception:  # the reaper drops stale waiters and promotes
+        log.warning("could not update Redis for stopped %s", row.id, exc_info=True)
+        return
+    for head in heads:
+        try:
+            services.publish(head)
+        except Exception:
+            log.warning("could not promote %s; the reaper will", head, exc_info=True)
+
+
+def _tell_worker(services: Services, execution_id: str) -> None:
+    try:
+        services.redis.publish(control_channel(), execution_id)
+    except Exception:  # the worker's heartbeat reads cancel_requested_at from the row
+        log.warning("stop of %s not announced; the heartbeat will see it", execution_id)
