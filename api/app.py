@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from api.hub import Hub
 from shared.errors import AgxError
 from shared.services import Services
 from shared.settings import Settings
@@ -19,14 +21,20 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     """Build the API: REST blueprints, health, OpenAPI; services bound as an extension."""
     app = Flask(__name__)
     settings = settings or (services.settings if services else Settings.from_env())
-    app.extensions["agx"] = services or Services(settings.require(), pool_size=20)
+    services = services or Services(settings.require(), pool_size=20)
+    app.extensions["agx"] = services
+    app.extensions["agx_hub"] = Hub(services.redis)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024  # bodies are small; 100 KB messages fit
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
+    # Several API processes must share AGX_SECRET_KEY for session cookies to work across them.
+    app.secret_key = settings.secret_key or secrets.token_hex(32)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    from api import agents, executions, health, openapi
+    from api import agents, executions, health, openapi, session, streams
 
-    for module in (agents, executions, health, openapi):
+    for module in (agents, executions, health, openapi, session, streams):
         app.register_blueprint(module.bp)
+    streams.sock.init_app(app)
     _register_errors(app)
     return app
 

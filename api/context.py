@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flask import current_app, g, request
+from flask import current_app, g, request, session
 
-from shared.apikeys import Principal, authenticate
+from shared.apikeys import Principal, authenticate, authenticate_hash
 from shared.errors import AgxError, NotFound
 from shared.services import Services
 
@@ -43,8 +43,11 @@ def principal() -> Principal:
         token = bearer_token()
         found = None
         if token:
-            with services().Session() as session:
-                found = authenticate(session, token)
+            with services().Session() as db:
+                found = authenticate(db, token)
+        elif session.get("key_hash"):
+            with services().Session() as db:
+                found = authenticate_hash(db, session["key_hash"])
         if found is None:
             raise Unauthorized("a valid API key is required: send 'Authorization: Bearer <key>'")
         g.principal = found

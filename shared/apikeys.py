@@ -57,7 +57,12 @@ def ensure_admin_key(session: Session, key: str, name: str = "admin") -> bool:
 
 def authenticate(session: Session, key: str) -> Principal | None:
     """The principal for a presented key, or None."""
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+    return authenticate_hash(session, hash_key(key))
+
+
+def authenticate_hash(session: Session, key_hash: str) -> Principal | None:
+    """The principal for a key's hash (as kept in a signed session cookie), or None."""
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
     if row is None:
         return None
     return Principal(row.name, row.role, tuple(row.agents or ()))

@@ -127,14 +127,14 @@ class EventWriter:
         self._thread.join(timeout=30)
 
 
-def replay_stored(transcript: str | None, started: bool, status: str,
+def replay_stored(lines: list[str], started: bool, status: str,
                   extra: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The events of a finished execution, rebuilt from its stored transcript (same ids)."""
     event_id = 0
     if started:
         event_id += 1
         yield status_event(event_id, "running")
-    for line in (transcript.split("\n") if transcript else []):
+    for line in lines:
         event_id += 1
         yield line_event(event_id, line)
     yield status_event(event_id + 1, status, **extra)

@@ -35,7 +35,9 @@ class Settings:
     redispatch_after_seconds: float = 15.0  #: pending and unclaimed this long -> re-sent
     lease_buffer_seconds: float = 300.0  #: hard lease cap is timeout + this
     wait_max_seconds: float = 300.0  #: longest `wait: true` on POST .../task
+    keepalive_seconds: float = 15.0  #: idle time before an SSE/websocket keepalive
     allowed_origins: tuple[str, ...] = ()
+    secret_key: str | None = None  #: signs session cookies; share it across API processes
     worker_id: str | None = None
 
     @classmethod
@@ -54,8 +56,10 @@ class Settings:
             api_key=env.get("AGX_API_KEY") or None,
             queue=env.get("AGX_QUEUE") or DEFAULT_QUEUE,
             allowed_origins=origins,
+            secret_key=env.get("AGX_SECRET_KEY") or None,
         )
-        for name in ("lease_seconds", "heartbeat_seconds", "redispatch_after_seconds"):
+        for name in ("lease_seconds", "heartbeat_seconds", "redispatch_after_seconds",
+                     "keepalive_seconds"):
             raw = env.get("AGX_" + name.upper())
             if raw:
                 settings = replace(settings, **{name: float(raw)})

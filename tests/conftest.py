@@ -202,3 +202,27 @@ def statuses(services: Services, ids: list[str]) -> dict[str, str]:
 @pytest.fixture
 def redis_client(services: Services) -> redis_lib.Redis:
     return services.redis
+
+
+@pytest.fixture
+def api_url(processes: Processes, settings: Settings) -> str:
+    """A real API server (gunicorn) on a free port, for SSE and websocket tests."""
+    from agx.embedded import free_port
+
+    port = free_port()
+    env = worker_env(settings)
+    env["AGX_KEEPALIVE_SECONDS"] = "1"
+    processes.start("api", "--port", str(port), env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    wait_for(up, 30, 0.1, "the API server")
+    return url

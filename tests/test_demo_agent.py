@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -70,8 +70,9 @@ class Demo:
         return [e for e in self.events() if e["type"] == "result"]
 
 
-def read_line(stream: io.BufferedReader | Any, seconds: float = 10.0) -> str:
-    """Read one line from a pipe, failing instead of hanging past the deadline."""
+def read_line(stream: IO[bytes] | None, seconds: float = 10.0) -> str:
+    """Read one line from an unbuffered pipe, failing instead of hanging past the deadline."""
+    assert stream
     ready, _, _ = select.select([stream], [], [], seconds)
     assert ready, "no line from the demo agent in time"
     return stream.readline().decode()
@@ -98,6 +99,7 @@ def start_demo(procs: list[subprocess.Popen[bytes]], message: str) -> subprocess
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        bufsize=0,  # unbuffered, so select() sees every line a readline has not yet taken
         env=ENV,
         start_new_session=True,
     )

@@ -1,0 +1,122 @@
+"""One Redis subscription per API process, fanned out to the local stream clients.
+
+Each client has a small bounded buffer. A client that falls behind is marked `lagged` and
+catches up from the Redis stream instead, so a slow client neither stalls others nor grows
+memory, and never loses an event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+import redis
+
+from shared import keys
+
+log = logging.getLogger(__name__)
+
+MAX_BUFFERED_BATCHES = 256  #: per client; beyond this it catches up from the stream
+
+
+class Subscriber:
+    """A client's view of one execution's live events."""
+
+    def __init__(self, execution_id: str):
+        self.execution_id = execution_id
+        self.lagged = False
+        self._batches: deque[list[dict[str, Any]]] = deque()
+        self._cond = threading.Condition()
+
+    def push(self, batch: list[dict[str, Any]]) -> None:
+        """Called by the hub thread; never blocks."""
+        with self._cond:
+            if len(self._batches) >= MAX_BUFFERED_BATCHES:
+                self._batches.clear()
+                self.lagged = True
+            else:
+                self._batches.append(batch)
+            self._cond.notify()
+
+    def get(self, timeout: float) -> list[dict[str, Any]] | None:
+        """The next batch, or None after `timeout` seconds (or when lagged: check `lagged`)."""
+        with self._cond:
+            if not self._batches and not self.lagged:
+                self._cond.wait(timeout)
+            if self._batches:
+                return self._batches.popleft()
+            return None
+
+    def clear_lag(self) -> None:
+        """Forget the lag once the client has caught up from the stream."""
+        with self._cond:
+            self.lagged = False
+            self._batches.clear()
+
+
+class Hub:
+    """Pattern-subscribes to every execution's channel once and routes by execution id."""
+
+    def __init__(self, client: redis.Redis):
+        self.client = client
+        self._subs: dict[str, set[Subscriber]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._prefix = keys.events_channel("")
+
+    def subscribe(self, execution_id: str) -> Subscriber:
+        """Start receiving an execution's live events (subscribed before this returns)."""
+        sub = Subscriber(execution_id)
+        with self._lock:
+            self._subs.setdefault(execution_id, set()).add(sub)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._listen, name="event-hub",
+                                                daemon=True)
+                self._thread.start()
+        self._ready.wait(5)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        """Stop routing to this client."""
+        with self._lock:
+            subs = self._subs.get(sub.execution_id)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[sub.execution_id]
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+                pubsub.psubscribe(self._prefix + "*")
+                for message in pubsub.listen():
+                    if message["type"] == "psubscribe":
+                        self._ready.set()
+                    elif message["type"] == "pmessage":
+                        self._route(message["channel"], message["data"])
+            except redis.RedisError:  # Redis restarting: clients catch up from the stream later
+                log.warning("event hub lost Redis; reconnecting", exc_info=True)
+                self._lag_everyone()
+                threading.Event().wait(0.5)
+
+    def _route(self, channel: bytes, data: bytes) -> None:
+        execution_id = channel.decode()[len(self._prefix):]
+        with self._lock:
+            subs = list(self._subs.get(execution_id, ()))
+        if subs:
+            batch = json.loads(data)
+            for sub in subs:
+                sub.push(batch)
+
+    def _lag_everyone(self) -> None:
+        with self._lock:
+            subs = [s for group in self._subs.values() for s in group]
+        for sub in subs:
+            with sub._cond:
+                sub.lagged = True
+                sub._cond.notify()
