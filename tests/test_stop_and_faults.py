@@ -1,0 +1,197 @@
+"""Stop, timeouts, redaction and crash recovery on real processes (invariants 2, 4, 6, 7, 8)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import psutil
+import pytest
+
+from producer import submit_execution
+from shared import events
+from shared.models import Execution, Transcript
+from tests.conftest import statuses, wait_for
+
+
+def _row(services, execution_id):
+    with services.Session() as session:
+        return session.get(Execution, execution_id), session.get(Transcript, execution_id)
+
+
+def _grandchild_pid(services, execution_id):
+    for event in events.read_stream(services.redis, execution_id, 0):
+        match = re.search(r"grandchild pid=(\d+)", event.get("line", ""))
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _gone(pid):
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_stopping_a_pending_execution_cancels_it_at_once_and_frees_its_place(
+        client, services, make_agent):
+    make_agent("demo", max_parallel_tasks=1)
+    first = client.post("/api/agents/demo/task", json={"message": "a"}).json["execution_id"]
+    second = client.post("/api/agents/demo/task", json={"message": "b"}).json["execution_id"]
+    assert services.slots.position("demo", second) == 2
+    resp = client.post(f"/api/agents/demo/executions/{second}/stop")
+    assert resp.status_code == 200 and resp.json["status"] == "cancelled"
+    assert resp.json["error"] == "stopped by request"
+    assert services.slots.position("demo", second) is None
+    assert services.slots.position("demo", first) == 1
+    again = client.post(f"/api/agents/demo/executions/{second}/stop")
+    assert again.status_code == 409
+    assert client.post("/api/agents/demo/executions/nope/stop").status_code == 404
+
+
+def test_stopping_a_running_execution_kills_the_agent_and_its_grandchild_and_keeps_output(
+        client, services, make_agent, processes):
+    make_agent("demo", max_parallel_tasks=1)
+    processes.workers()
+    eid = client.post("/api/agents/demo/task",
+                      json={"message": "long grandchild lines=5 sleep=60"}).json["execution_id"]
+    waiter = client.post("/api/agents/demo/task", json={"message": "next"}).json["execution_id"]
+    grandchild = wait_for(lambda: _grandchild_pid(services, eid), 30, message="grandchild")
+    started = time.monotonic()
+    resp = client.post(f"/api/agents/demo/executions/{eid}/stop")
+    assert resp.status_code == 202
+    wait_for(lambda: statuses(services, [eid])[eid] == "cancelled", 15, message="cancelled")
+    assert time.monotonic() - started < 8, "SIGINT reaches the agent at once"
+    row, transcript = _row(services, eid)
+    assert row.error == "stopped by request"
+    assert "grandchild pid=" in transcript.content and "line 4" in transcript.content
+    wait_for(lambda: _gone(grandchild), 10, message="grandchild gone")
+    wait_for(lambda: statuses(services, [waiter])[waiter] == "completed", 30,
+             message="the waiter runs once the slot is free")
+
+
+def test_stop_racing_completion_never_yields_completed_after_an_accepted_stop(
+        client, services, make_agent, processes):
+    make_agent("demo", max_parallel_tasks=3, queue_limit=200)
+    processes.workers(threads=4)
+    accepted, refused = [], []
+    for i in range(12):
+        eid = client.post("/api/agents/demo/task",
+                          json={"message": f"race {i} sleep=0.{i % 4}"}).json["execution_id"]
+        wait_for(lambda eid=eid: statuses(services, [eid])[eid] != "pending", 30,
+                 message="claimed")
+        resp = client.post(f"/api/agents/demo/executions/{eid}/stop")
+        (accepted if resp.status_code in (200, 202) else refused).append(eid)
+        assert resp.status_code in (200, 202, 409)
+    every = accepted + refused
+    wait_for(lambda: all(s in ("completed", "failed", "cancelled")
+                         for s in statuses(services, every).values()), 60, message="all done")
+    final = statuses(services, every)
+    assert all(final[e] == "cancelled" for e in accepted), final
+    assert all(final[e] == "completed" for e in refused), final
+    assert accepted, "at least one stop landed while running"
+
+
+def test_a_timeout_kills_an_agent_that_ignores_sigint_and_sigterm_and_keeps_the_transcript(
+        client, services, make_agent, processes):
+    make_agent("demo", timeout_seconds=2)
+    processes.workers()
+    eid = client.post("/api/agents/demo/task",
+                      json={"message": "stubborn ignore-signals lines=3 sleep=60"}
+                      ).json["execution_id"]
+    wait_for(lambda: statuses(services, [eid])[eid] == "failed", 30, message="timed out")
+    row, transcript = _row(services, eid)
+    assert "timed out after 2 s" in row.error
+    assert "line 2" in transcript.content
+
+
+def test_a_fake_credential_never_reaches_the_transcript_or_any_stream(
+        client, services, make_agent, processes):
+    make_agent("demo")
+    processes.workers()
+    eid = client.post("/api/agents/demo/task", json={"message": "leak secret"}
+                      ).json["execution_id"]
+    wait_for(lambda: statuses(services, [eid])[eid] == "completed", 30, message="completed")
+    _, transcript = _row(services, eid)
+    streamed = " ".join(e.get("line", "") for e in events.read_stream(services.redis, eid, 0))
+    for text in (transcript.content, streamed):
+        assert "[REDACTED]" in text
+        assert "sk-ant-demo1234567890abcdefXYZ" not in text
+        assert "abcdef0123456789abcdef0123" not in text
+
+
+def _agent_pids(marker):
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            if marker in " ".join(proc.info["cmdline"] or []) or \
+                    marker in (proc.info["environ"] or {}).get("AGX_DEMO_RECORD", ""):
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_a_worker_killed_with_sigkill_mid_run_is_failed_and_its_slot_returns(
+        client, services, make_agent, processes, tmp_path):
+    make_agent("demo", max_parallel_tasks=1)
+    pool = processes.workers(threads=2)
+    eid = client.post("/api/agents/demo/task",
+                      json={"message": "doomed lines=3 sleep=60"}).json["execution_id"]
+    waiter = client.post("/api/agents/demo/task", json={"message": "after"}).json["execution_id"]
+    wait_for(lambda: len(events.read_stream(services.redis, eid, 0)) >= 4, 30, message="output")
+    agents = _agent_pids(str(tmp_path / "demo.record"))
+    assert agents, "the agent process is visible"
+    killed_at = time.monotonic()
+    for proc in psutil.Process(pool.pid).children(recursive=True) + [psutil.Process(pool.pid)]:
+        if "agx.demo_agent" not in " ".join(proc.cmdline()):
+            os.kill(proc.pid, signal.SIGKILL)  # the whole pool dies at once, agents excepted
+    wait_for(lambda: all(_gone(p) for p in agents), 10, message="agent died with its worker")
+    processes.start("reaper", "--interval", "0.5")
+    processes.workers(threads=2)
+    wait_for(lambda: statuses(services, [eid])[eid] == "failed", 45, message="worker lost")
+    lost_after = time.monotonic() - killed_at
+    row, transcript = _row(services, eid)
+    assert "worker lost" in row.error
+    assert "line 2" in transcript.content, "the transcript is rebuilt from the stream"
+    wait_for(lambda: statuses(services, [waiter])[waiter] == "completed", 45,
+             message="the waiter runs")
+    print(f"\nlost worker detected after {lost_after:.1f} s")
+    assert lost_after < 45
+
+
+def test_a_worker_paused_past_its_lease_can_write_nothing_and_nothing_runs_twice(
+        client, services, make_agent, processes, tmp_path):
+    make_agent("demo", max_parallel_tasks=1)
+    pool = processes.workers(threads=2)
+    eid = client.post("/api/agents/demo/task",
+                      json={"message": "paused sleep=8"}).json["execution_id"]
+    wait_for(lambda: statuses(services, [eid])[eid] == "running", 30, message="running")
+    workers = psutil.Process(pool.pid).children(recursive=True) + [psutil.Process(pool.pid)]
+    paused = [p for p in workers if "agx.demo_agent" not in " ".join(p.cmdline())]
+    for proc in paused:
+        proc.suspend()
+    try:
+        processes.start("reaper", "--interval", "0.5")
+        wait_for(lambda: statuses(services, [eid])[eid] == "failed", 45, message="reaped")
+    finally:
+        for proc in paused:
+            proc.resume()
+    row, _ = _row(services, eid)
+    time.sleep(0)  # the resumed worker now races to write: it must lose
+    wait_for(lambda: not _agent_pids(str(tmp_path / "demo.record")), 20,
+             message="the resumed worker kills its agent")
+    final, _ = _row(services, eid)
+    assert final.status == "failed" and "worker lost" in final.error
+    assert final.attempt == 1 and final.completed_at == row.completed_at
+    starts = (tmp_path / "demo.record").read_text().count('"start"')
+    assert starts == 1, "never run twice"
+
+
+@pytest.mark.parametrize("kind", ["running"])
+def test_nothing_is_lost_when_redis_restarts_with_executions_running_and_waiting(
+        kind, services, make_agent, processes, private_redis, tmp_path):
+    pass
