@@ -93,6 +93,23 @@ def ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def group_cpu(pgid: int) -> tuple[float, float]:
+    """CPU seconds (own, reaped children) of the processes in a process group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    own = children = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields[0] is field 3 (state) of proc(5)
+            own += (int(fields[11]) + int(fields[12])) / tick
+            children += (int(fields[13]) + int(fields[14])) / tick
+    return own, children
+
+
 def kill_agents(record: Path) -> None:
     """SIGKILL agent processes of this bench run (their env names our record file).
 
@@ -189,6 +206,7 @@ class Result:
     wall: float = math.nan
     runs_per_message: Counter[str] = field(default_factory=Counter)
     leftover: int = 0  # messages still in the queue once every row is terminal
+    cpu: tuple[float, float] = (math.nan, math.nan)  # worker pool CPU s: own, agents
 
     @property
     def finished(self) -> int:
@@ -219,6 +237,7 @@ class Side:
         self.proc = None
         self.log = workdir / f"{self.name}-workers.log"
         self._db = threading.local()
+        self.cpu = (math.nan, math.nan)
 
     # subclass API
     def prepare(self) -> None: ...
@@ -345,6 +364,7 @@ class Side:
 
         pool = [threading.Thread(target=submitter, args=(k,), daemon=True)
                 for k in range(threads)]
+        cpu0 = group_cpu(self.proc.pid)
         for t in pool:
             t.start()
         for t in pool:
@@ -355,6 +375,8 @@ class Side:
         unfinished = self.wait_terminal([r.key for r in done], self.args.timeout, 0.2,
                                         stall=self.args.stall)
         end = time.time()
+        cpu1 = group_cpu(self.proc.pid)
+        self.cpu = (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
         self.collect(done)
         first = min(r.submitted for r in done)
         last = end if unfinished else max(r.completed for r in done)
@@ -370,6 +392,7 @@ class Side:
             if self.args.idle_samples:
                 result.idle = self.idle(self.args.idle_samples)
             result.load, result.wall = self.load(self.args.count)
+            result.cpu = self.cpu
             if self.record.exists():
                 result.runs_per_message = Counter(
                     line.split()[0] for line in self.record.read_text().splitlines() if line)
@@ -520,6 +543,11 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
               f"{ms(pct(claim, 50)):>11}{ms(pct(claim, 99)):>11}"
               f"{ms(pct(istart, 50)):>16}{ms(pct(iclaim, 50)):>16}")
     print("(latencies in ms; count = executions finished under load)")
+    for r in results:
+        n = max(r.finished, 1)
+        print(f"{r.name}: worker pool CPU under load {r.cpu[0]:.1f} s "
+              f"({r.cpu[0] / n * 1000:.1f} ms per execution), agent processes "
+              f"{r.cpu[1] / n * 1000:.1f} ms per execution")
     for r in results:
         if r.leftover:
             print(f"{r.name}: {r.leftover} messages still queued after every row was terminal "

@@ -25,6 +25,11 @@ def epoch() -> str:
     return f"{PREFIX}:epoch"
 
 
+def rebuild_lock() -> str:
+    """STRING lock held while one process rebuilds Redis state from PostgreSQL."""
+    return f"{PREFIX}:rebuild-lock"
+
+
 def agents_index() -> str:
     """SET of agent names that have (or had) slots or waiters, for the reaper."""
     return f"{PREFIX}:agents"

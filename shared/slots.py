@@ -24,6 +24,7 @@ class Admission:
 
     admitted: bool
     position: int
+    needs_rebuild: bool = False
 
 
 class Slots:
@@ -49,10 +50,10 @@ class Slots:
         cap_ms = int(timeout_seconds * 1000) + self.buffer_ms
         admitted, position = self._acquire(
             keys=[keys.slots(agent), keys.lease_caps(agent), keys.waiting(agent),
-                  keys.agents_index()],
+                  keys.agents_index(), keys.epoch()],
             args=[execution_id, agent, max_parallel, self.lease_ms, cap_ms, submitted_us],
         )
-        return Admission(bool(admitted), int(position))
+        return Admission(admitted == 1, int(position), needs_rebuild=admitted == -1)
 
     def renew(self, agent: str, execution_id: str, max_parallel: int,
               remaining_seconds: float) -> bool:

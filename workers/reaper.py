@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from shared import events, keys
 from shared.models import Agent, Execution, Transcript, utcnow
+from shared.rebuild import ensure_epoch
 from shared.services import Services
 from shared.slots import submitted_us
 from shared.states import ExecutionStatus
@@ -28,12 +29,9 @@ BATCH = 500  #: rows looked at per sweep step
 def redispatch(services: Services) -> list[str]:
     """Re-send pending rows nobody holds or waits for (lost publish, Redis wiped).
 
-    Each goes back into its agent's waiting list at its submission time, so FIFO survives
-    a Redis restart. Right after a restart (the epoch key is gone) no age cutoff applies.
+    Each goes back into its agent's waiting list at its submission time, so FIFO holds.
     """
-    fresh_redis = services.redis.set(keys.epoch(), utcnow().isoformat(), nx=True)
-    age = 0 if fresh_redis else services.settings.redispatch_after_seconds
-    cutoff = utcnow() - timedelta(seconds=age)
+    cutoff = utcnow() - timedelta(seconds=services.settings.redispatch_after_seconds)
     with services.Session.begin() as session:
         rows = session.execute(
             select(Execution.id, Execution.agent_name, Execution.created_at)
@@ -113,7 +111,9 @@ def promote(services: Services) -> list[str]:
 
 
 def sweep(services: Services) -> dict[str, list[str]]:
-    """One pass of every reaper duty."""
+    """One pass of every reaper duty (after rebuilding Redis state if Redis lost it)."""
+    if not ensure_epoch(services):
+        return {}
     return {"failed": fail_lost(services), "promoted": promote(services),
             "redispatched": redispatch(services)}
 

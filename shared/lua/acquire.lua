@@ -3,14 +3,17 @@
 -- KEYS[2] caps     HASH  execution_id -> hard lease cap ms
 -- KEYS[3] waiting  ZSET  execution_id -> submission time (us): FIFO order
 -- KEYS[4] agents   SET   agent names known to the reaper
+-- KEYS[5] epoch    STRING present once Redis state was rebuilt from PostgreSQL
 -- ARGV[1] execution_id   ARGV[2] agent name   ARGV[3] max_parallel
 -- ARGV[4] lease_ms       ARGV[5] cap_ms (lease lifetime cap from now)
 -- ARGV[6] submission time (us), the execution's place in the FIFO
--- Returns {1, 0} admitted (or already held), {0, position} parked (1-based).
+-- Returns {1, 0} admitted (or already held), {0, position} parked (1-based),
+-- {-1, 0} Redis lost its data: rebuild from PostgreSQL first (nothing was written).
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = ARGV[1]
+if redis.call('EXISTS', KEYS[5]) == 0 then return {-1, 0} end
 redis.call('SADD', KEYS[4], ARGV[2])
 
 -- Lapsed leases free their slots before anyone is counted.
