@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from agx.client import ApiError, Client
+from agx.schedules_cli import schedules
 from shared.settings import Settings
 
 
@@ -209,6 +210,9 @@ def keys_create(name: str, agent_names: tuple[str, ...]) -> None:
     with _services() as services, services.Session.begin() as session:
         key = create_key(session, name, list(agent_names))
     click.echo(key)
+
+
+main.add_command(schedules)
 
 
 def _call(client: Client, method: str, path: str, body: Any = None,

@@ -30,9 +30,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.secret_key = settings.secret_key or secrets.token_hex(32)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    from api import agents, executions, health, openapi, session, streams
+    from api import agents, executions, health, openapi, schedules, session, streams
 
-    for module in (agents, executions, health, openapi, session, streams):
+    for module in (agents, executions, health, openapi, schedules, session, streams):
         app.register_blueprint(module.bp)
     streams.sock.init_app(app)
     _register_errors(app)
