@@ -128,36 +128,52 @@ def task(agent: str, message: str, model: str | None, timeout_seconds: int | Non
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"execution {data['execution_id']} {data['status']}", err=True)
-    sys.exit(_follow(client, agent, data["execution_id"]))
+    sys.exit(_follow(client, data["execution_id"]))
 
 
 @main.command()
 @click.argument("execution_id")
 def tail(execution_id: str) -> None:
-    """Wait for an execution and print its transcript and outcome."""
+    """Follow an execution live (replaying what came before); exit with its outcome."""
+    sys.exit(_follow(Client(), execution_id))
+
+
+@main.command()
+@click.argument("execution_id")
+def stop(execution_id: str) -> None:
+    """Stop an execution: a pending one is cancelled, a running one is killed."""
     client = Client()
+    agent = _agent_of(client, execution_id)
+    data = _call(client, "POST", f"/api/agents/{agent}/executions/{execution_id}/stop")
+    click.echo(f"{execution_id} {data['status']}" + (
+        " (stop requested)" if data["status"] == "running" else ""))
+
+
+def _agent_of(client: Client, execution_id: str) -> str:
     found = _call(client, "GET", "/api/executions", params={"q": execution_id, "limit": 1})
-    if not found["items"]:
+    if not found["items"] or found["items"][0]["id"] != execution_id:
         raise click.ClickException(f"execution {execution_id} not found")
-    sys.exit(_follow(client, found["items"][0]["agent_name"], execution_id))
+    return str(found["items"][0]["agent_name"])
 
 
-def _follow(client: Client, agent: str, execution_id: str) -> int:
-    import time
+def _follow(client: Client, execution_id: str) -> int:
+    """Print the live transcript readably; returns 0 completed, 1 failed, 2 cancelled."""
+    from agx.render import EXIT_CODES, render_event
 
-    delay = 0.1
-    while True:
-        record = _call(client, "GET", f"/api/agents/{agent}/executions/{execution_id}")
-        if record["status"] in ("completed", "failed", "cancelled"):
-            break
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
-    click.echo(record.get("transcript", ""))
-    click.echo(f"--- {record['status']}" + (f": {record['error']}" if record["error"] else ""),
-               err=True)
-    if record.get("response"):
-        click.echo(record["response"])
-    return 0 if record["status"] == "completed" else 1
+    status = "failed"
+    try:
+        for event in client.events(execution_id):
+            if event["type"] == "end":
+                status = event.get("status") or status
+                break
+            text = render_event(event)
+            if text is not None:
+                click.echo(text, err=event["type"] == "status")
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"stream from {client.url} broke: {exc}") from None
+    return EXIT_CODES.get(status, 1)
 
 
 @main.command("ls")

@@ -8,6 +8,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from shared.settings import Settings
@@ -29,6 +30,13 @@ def _state(settings: Settings) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {"error": {"message": raw.decode(errors="replace")[:500]}}
 
 
 class Client:
@@ -55,10 +63,29 @@ class Client:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                payload = json.loads(raw)
-            except ValueError:
-                payload = {"error": {"message": raw.decode(errors="replace")[:500]}}
-            raise ApiError(exc.code, payload) from None
+            raise ApiError(exc.code, _decode(exc.read())) from None
         return json.loads(raw) if raw else None
+
+    def events(self, execution_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Follow an execution's SSE stream; yields events, then {'type': 'end', ...}."""
+        req = urllib.request.Request(f"{self.url}/api/executions/{execution_id}/events",
+                                     headers={"Accept": "text/event-stream",
+                                              "Last-Event-ID": str(after)})
+        if self.key:
+            req.add_header("Authorization", f"Bearer {self.key}")
+        try:
+            resp = urllib.request.urlopen(req, timeout=None)
+        except urllib.error.HTTPError as exc:
+            raise ApiError(exc.code, _decode(exc.read())) from None
+        with resp:
+            kind, data = "", ""
+            for raw in resp:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    data = line[6:]
+                elif not line and kind:
+                    event = json.loads(data)
+                    yield {"type": "end", **event} if kind == "end" else event
+                    kind, data = "", ""
