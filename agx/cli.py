@@ -78,7 +78,9 @@ def workers(processes: int, threads: int) -> None:
         env.setdefault("dramatiq_worker_timeout", "20")
     argv = [sys.executable, "-m", "dramatiq", "workers.main", "--processes", str(processes),
             "--threads", str(threads), "--worker-shutdown-timeout", "15000"]
-    os.execve(sys.executable, argv, env)
+    from agx.pool import run_pool
+
+    sys.exit(run_pool(argv, env))
 
 
 @main.command()

@@ -147,20 +147,21 @@ def _pool(pool):
     return found
 
 
-def test_a_worker_killed_with_sigkill_mid_run_is_failed_and_its_slot_returns(
+def test_a_worker_killed_with_sigkill_mid_run_is_failed_its_slot_returns_and_no_agent_survives(
         client, services, make_agent, processes, tmp_path):
     make_agent("demo", max_parallel_tasks=1)
-    pool = processes.workers(threads=2)
+    processes.workers(threads=2)
     eid = client.post("/api/agents/demo/task",
-                      json={"message": "doomed lines=3 sleep=60"}).json["execution_id"]
+                      json={"message": "doomed grandchild lines=3 sleep=60"}).json["execution_id"]
     waiter = client.post("/api/agents/demo/task", json={"message": "after"}).json["execution_id"]
-    wait_for(lambda: len(events.read_stream(services.redis, eid, 0)) >= 4, 30, message="output")
-    agents = _agent_pids(str(tmp_path / "demo.record"))
-    assert agents, "the agent process is visible"
+    grandchild = wait_for(lambda: _grandchild_pid(services, eid), 30, message="grandchild")
+    agent = [p for p in _agent_pids(str(tmp_path / "demo.record")) if p != grandchild]
+    assert len(agent) == 1, "the agent process is visible"
+    worker = psutil.Process(agent[0]).ppid()
     killed_at = time.monotonic()
-    for proc in _pool(pool):
-        os.kill(proc.pid, signal.SIGKILL)  # the whole pool dies at once, agents excepted
-    wait_for(lambda: all(_gone(p) for p in agents), 10, message="agent died with its worker")
+    os.kill(worker, signal.SIGKILL)  # kill -9 the worker process that runs the agent
+    wait_for(lambda: _gone(agent[0]) and _gone(grandchild), 10,
+             message="agent and grandchild die with their worker")
     processes.start("reaper", "--interval", "0.5")
     processes.workers(threads=2)
     wait_for(lambda: statuses(services, [eid])[eid] == "failed", 45, message="worker lost")

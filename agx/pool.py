@@ -1,0 +1,72 @@
+"""`agx workers`: the Dramatiq worker pool under a subreaper that leaves no orphan behind.
+
+If a worker process is killed with SIGKILL, its agent dies too (parent-death signal), but
+anything the agent started would be re-parented to init and live on. This process marks
+itself a child subreaper, so such orphans are re-parented here instead, and kills them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+_PR_SET_CHILD_SUBREAPER = 36
+SCAN_SECONDS = 0.5  #: how often orphans are looked for
+
+
+def _become_subreaper() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: orphans go to init as usual
+        pass
+
+
+def _children() -> list[int]:
+    """Pids whose parent is this process (read from /proc; empty where there is none)."""
+    me, found = os.getpid(), []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            found.append(int(name))
+    return found
+
+
+def _kill_orphans(master: int) -> None:
+    """SIGKILL and reap every child that is not the Dramatiq master: they are orphans."""
+    for pid in _children():
+        if pid == master:
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def run_pool(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """Run the Dramatiq CLI as our child; forward stop signals; kill orphans; return its code."""
+    _become_subreaper()
+    master = subprocess.Popen(list(argv), env=dict(env))
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: master.send_signal(signum))
+    while master.poll() is None:
+        _kill_orphans(master.pid)
+        time.sleep(SCAN_SECONDS)
+    _kill_orphans(master.pid)
+    return master.returncode if master.returncode >= 0 else 128 - master.returncode
+
