@@ -244,3 +244,35 @@ def json_t(line: str) -> float:
     import json
 
     return float(json.loads(line)["t"])
+
+
+def _rabbitmqctl(*args: str) -> None:
+    import subprocess
+
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+def test_submissions_made_while_rabbitmq_is_down_run_once_each_after_it_returns(
+        services, settings, make_agent, processes, tmp_path):
+    """Touches the shared RabbitMQ (stop_app/start_app), restored in `finally`."""
+    import shutil
+
+    if not settings.broker_url or not settings.broker_url.startswith("amqp"):
+        pytest.skip("RabbitMQ is not reachable here")
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is not installed here")
+    make_agent("demo")
+    processes.workers(threads=2)
+    processes.start("reaper", "--interval", "0.5")
+    _rabbitmqctl("stop_app")
+    try:
+        submitted = [submit_execution(services, "demo", f"offline {i}") for i in range(3)]
+    finally:
+        _rabbitmqctl("start_app")
+    assert not any(s.published for s in submitted)
+    ids = [s.execution.id for s in submitted]
+    wait_for(lambda: set(statuses(services, ids).values()) == {"completed"}, 90,
+             message="all completed once RabbitMQ is back")
+    with services.Session() as session:
+        assert {session.get(Execution, i).attempt for i in ids} == {1}
+    assert (tmp_path / "demo.record").read_text().count('"start"') == 3

@@ -133,20 +133,32 @@ class StreamJsonParser:
         )
 
 
+MAX_TEXT_RESPONSE_CHARS = 1_048_576  #: a text agent's response is cut here (transcript is whole)
+
+
 class TextParser:
-    """Take plain-text output whole as the response."""
+    """Take plain-text output as the response, up to MAX_TEXT_RESPONSE_CHARS."""
 
     def __init__(self) -> None:
         self._lines: list[str] = []
+        self._size = 0
+        self._cut = False
 
     def feed(self, line: str) -> dict[str, Any] | None:
-        """Keep the line; plain text never yields a JSON object."""
-        self._lines.append(line)
+        """Keep the line (within the cap); plain text never yields a JSON object."""
+        if self._size + len(line) > MAX_TEXT_RESPONSE_CHARS:
+            self._cut = True
+        else:
+            self._lines.append(line)
+            self._size += len(line) + 1
         return None
 
     def result(self) -> ParsedRun:
         """Return the lines joined as the response of a finished run."""
-        return ParsedRun(response="\n".join(self._lines), has_result=True)
+        text = "\n".join(self._lines)
+        if self._cut:
+            text += "\n[response truncated; the full output is in the transcript]"
+        return ParsedRun(response=text, has_result=True)
 
 
 def parser_for(output: str) -> StreamJsonParser | TextParser:
