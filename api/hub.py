@@ -66,6 +66,8 @@ class Hub:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._closed = threading.Event()
+        self._pubsub: Any = None
         self._prefix = keys.events_channel("")
 
     def subscribe(self, execution_id: str) -> Subscriber:
@@ -89,20 +91,29 @@ class Hub:
                 if not subs:
                     del self._subs[sub.execution_id]
 
+    def close(self) -> None:
+        """Stop listening (the thread ends at its next message or error)."""
+        self._closed.set()
+        if self._pubsub is not None:
+            self._pubsub.close()
+
     def _listen(self) -> None:
-        while True:
+        while not self._closed.is_set():
             try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=False)
-                pubsub.psubscribe(self._prefix + "*")
-                for message in pubsub.listen():
+                self._pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+                self._pubsub.psubscribe(self._prefix + "*")
+                for message in self._pubsub.listen():
                     if message["type"] == "psubscribe":
                         self._ready.set()
                     elif message["type"] == "pmessage":
                         self._route(message["channel"], message["data"])
-            except redis.RedisError:  # Redis restarting: clients catch up from the stream later
+            except (redis.RedisError, OSError, ValueError):
+                if self._closed.is_set():
+                    return
+                # Redis restarting: clients catch up from the stream once it is back.
                 log.warning("event hub lost Redis; reconnecting", exc_info=True)
                 self._lag_everyone()
-                threading.Event().wait(0.5)
+                self._closed.wait(0.5)
 
     def _route(self, channel: bytes, data: bytes) -> None:
         execution_id = channel.decode()[len(self._prefix):]
