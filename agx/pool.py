@@ -7,23 +7,15 @@ itself a child subreaper, so such orphans are re-parented here instead, and kill
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 
-_PR_SET_CHILD_SUBREAPER = 36
+from shared.linux import become_subreaper
+
 SCAN_SECONDS = 0.5  #: how often orphans are looked for
-
-
-def _become_subreaper() -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: orphans go to init as usual
-        pass
 
 
 def _children() -> list[int]:
@@ -60,7 +52,7 @@ def _kill_orphans(master: int) -> None:
 
 def run_pool(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Run the Dramatiq CLI as our child; forward stop signals; kill orphans; return its code."""
-    _become_subreaper()
+    become_subreaper()
     master = subprocess.Popen(list(argv), env=dict(env))
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: master.send_signal(signum))
@@ -69,4 +61,3 @@ def run_pool(argv: Sequence[str], env: Mapping[str, str]) -> int:
         time.sleep(SCAN_SECONDS)
     _kill_orphans(master.pid)
     return master.returncode if master.returncode >= 0 else 128 - master.returncode
-

@@ -2,45 +2,39 @@
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 
-_PR_SET_PDEATHSIG = 1
+from shared.linux import death_pact
 
 
-def _die_with_parent(sig: int) -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
-    except (OSError, AttributeError):  # not Linux: best effort
-        pass
-
-
-def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None,
-          log: int | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, log: int | None = None
+) -> subprocess.Popen[bytes]:
     """Start a service child in its own process group; it gets SIGTERM if we die."""
     return subprocess.Popen(
-        list(argv), env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL,
-        stdout=log, stderr=subprocess.STDOUT if log is not None else None,
-        start_new_session=True, preexec_fn=lambda: _die_with_parent(signal.SIGTERM),
+        list(argv),
+        env=dict(env) if env is not None else None,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT if log is not None else None,
+        start_new_session=True,
+        preexec_fn=death_pact(signal.SIGTERM),
     )
 
 
 def stop(proc: subprocess.Popen[bytes], grace_seconds: float = 20.0) -> None:
     """SIGTERM the child's group, wait, then SIGKILL the group."""
     for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(wait)
         except subprocess.TimeoutExpired:
             continue
         break
-    try:  # leftovers in the group (an agent a worker started) go too
+    with contextlib.suppress(ProcessLookupError):  # leftovers in the group go too
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

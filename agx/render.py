@@ -27,7 +27,8 @@ def render_line(line: str) -> str | None:
     if kind == "result":
         cost = obj.get("total_cost_usd")
         return f"· result ({obj.get('num_turns', '?')} turns" + (
-            f", ${cost:.4f})" if isinstance(cost, int | float) else ")")
+            f", ${cost:.4f})" if isinstance(cost, int | float) else ")"
+        )
     return None
 
 

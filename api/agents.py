@@ -84,11 +84,20 @@ def delete_agent(name: str) -> Any:
     require_admin()
     with services().Session.begin() as session:
         agent = _agent(session, name)
-        live = session.scalar(select(func.count()).select_from(Execution).where(
-            Execution.agent_name == name,
-            Execution.status.in_([ExecutionStatus.pending.value, ExecutionStatus.running.value])))
+        live = session.scalar(
+            select(func.count())
+            .select_from(Execution)
+            .where(
+                Execution.agent_name == name,
+                Execution.status.in_(
+                    [ExecutionStatus.pending.value, ExecutionStatus.running.value]
+                ),
+            )
+        )
         if live:
-            raise Conflict(f"agent '{name}' has {live} pending or running executions; stop them first")
+            raise Conflict(
+                f"agent '{name}' has {live} pending or running executions; stop them first"
+            )
         session.delete(agent)
     return "", 204
 
@@ -99,17 +108,28 @@ def submit_task(name: str, body: TaskRequest) -> Any:
     """Submit a task: 202 with the execution id, or the finished execution with `wait`."""
     who = require_agent_visible(name)
     svc = services()
-    submitted = submit_execution(svc, name, body.message, model=body.model,
-                                 timeout_seconds=body.timeout_seconds,
-                                 triggered_by=Trigger.manual, source=f"key:{who.name}")
+    submitted = submit_execution(
+        svc,
+        name,
+        body.message,
+        model=body.model,
+        timeout_seconds=body.timeout_seconds,
+        triggered_by=Trigger.manual,
+        source=f"key:{who.name}",
+    )
     execution = submitted.execution
     if body.wait:
         execution = _wait_terminal(execution.id, svc.settings.wait_max_seconds)
         if ExecutionStatus(execution.status).terminal:
             return jsonify(execution_dict(execution)), 200
-    return jsonify({"execution_id": execution.id, "status": execution.status,
-                    "queue_position": submitted.queue_position,
-                    "links": links(execution)}), 202
+    return jsonify(
+        {
+            "execution_id": execution.id,
+            "status": execution.status,
+            "queue_position": submitted.queue_position,
+            "links": links(execution),
+        }
+    ), 202
 
 
 def _wait_terminal(execution_id: str, max_seconds: float) -> Execution:

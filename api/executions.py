@@ -65,8 +65,13 @@ def get_execution(name: str, execution_id: str) -> Any:
         if execution is None or execution.agent_name != name:
             raise NotFound(f"execution '{execution_id}' of agent '{name}' does not exist")
         transcript = session.get(Transcript, execution_id)
-    return jsonify(execution_dict(execution, _positions([execution]).get(execution.id),
-                                  transcript.content if transcript else ""))
+    return jsonify(
+        execution_dict(
+            execution,
+            _positions([execution]).get(execution.id),
+            transcript.content if transcript else "",
+        )
+    )
 
 
 def _page(query: ListQuery) -> dict[str, Any]:
@@ -80,8 +85,10 @@ def _page(query: ListQuery) -> dict[str, Any]:
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     positions = _positions(rows)
-    return {"items": [execution_dict(r, positions.get(r.id)) for r in rows],
-            "next_cursor": _encode_cursor(rows[-1]) if more and rows else None}
+    return {
+        "items": [execution_dict(r, positions.get(r.id)) for r in rows],
+        "next_cursor": _encode_cursor(rows[-1]) if more and rows else None,
+    }
 
 
 def _filtered(stmt: Select[Any], query: ListQuery) -> Select[Any]:
@@ -101,8 +108,13 @@ def _filtered(stmt: Select[Any], query: ListQuery) -> Select[Any]:
         conditions.append(Execution.created_at < _aware(query.until))
     if query.q:
         pattern = "%" + query.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        conditions.append(or_(Execution.message.ilike(pattern), Execution.response.ilike(pattern),
-                              Execution.id == query.q))
+        conditions.append(
+            or_(
+                Execution.message.ilike(pattern),
+                Execution.response.ilike(pattern),
+                Execution.id == query.q,
+            )
+        )
     return stmt.where(and_(*conditions)) if conditions else stmt
 
 

@@ -19,8 +19,9 @@ def is_terminal(event: dict[str, Any]) -> bool:
     return event["type"] == "status" and ExecutionStatus(event["status"]).terminal
 
 
-def follow(services: Services, hub: Hub, execution_id: str, after: int = 0,
-           keepalive_seconds: float = 15.0) -> Iterator[dict[str, Any] | None]:
+def follow(
+    services: Services, hub: Hub, execution_id: str, after: int = 0, keepalive_seconds: float = 15.0
+) -> Iterator[dict[str, Any] | None]:
     """Yield events with id > after, in order, ending with the terminal status."""
     sub = hub.subscribe(execution_id)  # subscribe first: nothing published later is missed
     last = after
@@ -65,8 +66,14 @@ def _stored_events(services: Services, execution_id: str) -> list[dict[str, Any]
             return None
         transcript = session.get(Transcript, execution_id)
     lines = transcript.content.split("\n") if transcript and transcript.line_count else []
-    return list(events.replay_stored(lines, row.started_at is not None, row.status,
-                                     {"error": row.error, "response": row.response}))
+    return list(
+        events.replay_stored(
+            lines,
+            row.started_at is not None,
+            row.status,
+            {"error": row.error, "response": row.response},
+        )
+    )
 
 
 def _live(sub: Any, after: int, keepalive_seconds: float) -> Iterator[dict[str, Any] | None]:

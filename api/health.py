@@ -31,7 +31,8 @@ def readyz() -> Any:
             results[name] = f"unreachable: {type(exc).__name__}"
     ready = all(v == "ok" for v in results.values())
     return jsonify({"status": "ok" if ready else "unavailable", "checks": results}), (
-        200 if ready else 503)
+        200 if ready else 503
+    )
 
 
 def _database() -> None:

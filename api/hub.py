@@ -76,8 +76,7 @@ class Hub:
         with self._lock:
             self._subs.setdefault(execution_id, set()).add(sub)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._listen, name="event-hub",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._listen, name="event-hub", daemon=True)
                 self._thread.start()
         self._ready.wait(5)
         return sub
@@ -116,7 +115,7 @@ class Hub:
                 self._closed.wait(0.5)
 
     def _route(self, channel: bytes, data: bytes) -> None:
-        execution_id = channel.decode()[len(self._prefix):]
+        execution_id = channel.decode()[len(self._prefix) :]
         with self._lock:
             subs = list(self._subs.get(execution_id, ()))
         if subs:

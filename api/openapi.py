@@ -26,8 +26,10 @@ def build_spec() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "agx", "version": "0.1.0"},
-        "components": {"schemas": schemas, "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
         "security": [{"bearer": []}],
         "paths": paths,
     }
@@ -38,28 +40,50 @@ def _operation(view: Any, rule: Any, schemas: dict[str, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": rule.endpoint.replace(".", "_"),
         "summary": doc[0] if doc else rule.endpoint,
-        "parameters": [{"name": a, "in": "path", "required": True, "schema": {"type": "string"}}
-                       for a in sorted(rule.arguments)],
-        "responses": {"200": {"description": "OK"}, "4XX": {"description": "Error",
-                      "content": {"application/json": {"schema": _ERROR}}}},
+        "parameters": [
+            {"name": a, "in": "path", "required": True, "schema": {"type": "string"}}
+            for a in sorted(rule.arguments)
+        ],
+        "responses": {
+            "200": {"description": "OK"},
+            "4XX": {"description": "Error", "content": {"application/json": {"schema": _ERROR}}},
+        },
     }
     model = getattr(view, "request_model", None)
     if model is not None:
-        schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas[model.__name__] = model.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
         schemas.update(schemas[model.__name__].pop("$defs", {}))
-        op["requestBody"] = {"required": True, "content": {"application/json": {
-            "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+        op["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        }
     query = getattr(view, "query_model", None)
     if query is not None:
         for name, prop in query.model_json_schema()["properties"].items():
-            op["parameters"].append({"name": name, "in": "query", "required": False,
-                                     "schema": prop})
+            op["parameters"].append(
+                {"name": name, "in": "query", "required": False, "schema": prop}
+            )
     return op
 
 
-_ERROR = {"type": "object", "properties": {"error": {"type": "object", "properties": {
-    "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}},
-    "required": ["code", "message"]}}}
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": "string"},
+            },
+            "required": ["code", "message"],
+        }
+    },
+}
 
 
 @bp.get("/openapi.json")

@@ -7,24 +7,56 @@ from typing import Any
 from shared.models import Execution
 from shared.timefmt import iso
 
-_TIMES = ("created_at", "queued_at", "started_at", "completed_at", "heartbeat_at",
-          "cancel_requested_at", "scheduled_for")
-_PLAIN = ("id", "agent_name", "status", "triggered_by", "message", "model", "model_used",
-          "response", "error", "input_tokens", "output_tokens", "num_turns", "claude_session_id",
-          "duration_ms", "schedule_id", "parent_execution_id", "source", "attempt", "worker_id",
-          "exit_code", "timeout_seconds")
+_TIMES = (
+    "created_at",
+    "queued_at",
+    "started_at",
+    "completed_at",
+    "heartbeat_at",
+    "cancel_requested_at",
+    "scheduled_for",
+)
+_PLAIN = (
+    "id",
+    "agent_name",
+    "status",
+    "triggered_by",
+    "message",
+    "model",
+    "model_used",
+    "response",
+    "error",
+    "input_tokens",
+    "output_tokens",
+    "num_turns",
+    "claude_session_id",
+    "duration_ms",
+    "schedule_id",
+    "parent_execution_id",
+    "source",
+    "attempt",
+    "worker_id",
+    "exit_code",
+    "timeout_seconds",
+)
 
 
 def links(execution: Execution) -> dict[str, str]:
     """Where to find this execution and act on it."""
     base = f"/api/agents/{execution.agent_name}/executions/{execution.id}"
-    return {"self": base, "stop": base + "/stop", "continue": base + "/continue",
-            "events": f"/api/executions/{execution.id}/events",
-            "websocket": f"/ws/executions/{execution.id}", "html": f"/executions/{execution.id}"}
+    return {
+        "self": base,
+        "stop": base + "/stop",
+        "continue": base + "/continue",
+        "events": f"/api/executions/{execution.id}/events",
+        "websocket": f"/ws/executions/{execution.id}",
+        "html": f"/executions/{execution.id}",
+    }
 
 
-def execution_dict(execution: Execution, queue_position: int | None = None,
-                   transcript: str | None = None) -> dict[str, Any]:
+def execution_dict(
+    execution: Execution, queue_position: int | None = None, transcript: str | None = None
+) -> dict[str, Any]:
     """The whole record (transcript only when given)."""
     data: dict[str, Any] = {name: getattr(execution, name) for name in _PLAIN}
     data.update({name: iso(getattr(execution, name)) for name in _TIMES})

@@ -51,8 +51,11 @@ def events_sse(execution_id: str) -> Any:
     else:
         after = _after(request.args.get("last_event_id"), "last_event_id")
     stream = follow(services(), hub(), execution_id, after, services().settings.keepalive_seconds)
-    return Response(stream_with_context(_sse(stream)), mimetype="text/event-stream", headers={
-        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return Response(
+        stream_with_context(_sse(stream)),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def _sse(stream: Iterator[dict[str, Any] | None]) -> Iterator[str]:
@@ -88,8 +91,9 @@ def events_ws(ws: Any, execution_id: str) -> None:
     """The same events as SSE, one JSON message each, then {"type": "end"}; then closes."""
     after = _after(request.args.get("last_event_id"), "last_event_id")
     last = None
-    for event in follow(services(), hub(), execution_id, after,
-                        services().settings.keepalive_seconds):
+    for event in follow(
+        services(), hub(), execution_id, after, services().settings.keepalive_seconds
+    ):
         if event is None:
             ws.send(_dumps({"type": "keepalive"}))
             continue

@@ -64,7 +64,8 @@ def validate_timeout(timeout: object, agent: Agent, field: str = "timeout_second
 
 def _check_queue_limit(session, agent: Agent) -> None:
     in_flight = session.scalar(
-        select(func.count()).select_from(Execution)
+        select(func.count())
+        .select_from(Execution)
         .where(Execution.agent_name == agent.name, Execution.status.in_(_IN_FLIGHT))
     )
     if in_flight >= agent.max_parallel_tasks + agent.queue_limit:
@@ -88,7 +89,7 @@ def submit_execution(
     parent_execution_id: str | None = None,
     resume_session_id: str | None = None,
 ) -> Submitted:
-    """Validate, store the row `pending`, commit, then publish its id (re-sent later if that fails)."""
+    """Validate, store the row `pending`, commit, then publish its id (re-sent if that fails)."""
     message = validate_message(message)
     model = validate_model(model)
     with services.Session.begin() as session:
@@ -102,12 +103,20 @@ def submit_execution(
         _check_queue_limit(session, agent)
         now = utcnow()
         execution = Execution(
-            agent_name=agent.name, status=ExecutionStatus.pending.value,
-            triggered_by=Trigger(triggered_by).value, message=message,
-            model=model or agent.default_model, timeout_seconds=timeout, source=source,
-            schedule_id=schedule_id, scheduled_for=scheduled_for,
-            parent_execution_id=parent_execution_id, resume_session_id=resume_session_id,
-            created_at=now, dispatched_at=now, attempt=0,
+            agent_name=agent.name,
+            status=ExecutionStatus.pending.value,
+            triggered_by=Trigger(triggered_by).value,
+            message=message,
+            model=model or agent.default_model,
+            timeout_seconds=timeout,
+            source=source,
+            schedule_id=schedule_id,
+            scheduled_for=scheduled_for,
+            parent_execution_id=parent_execution_id,
+            resume_session_id=resume_session_id,
+            created_at=now,
+            dispatched_at=now,
+            attempt=0,
         )
         session.add(execution)
         max_parallel = agent.max_parallel_tasks
@@ -118,8 +127,9 @@ def submit_execution(
 def _enqueue(services: Services, execution: Execution, max_parallel: int) -> int | None:
     """Take the execution's FIFO place now, so workers admit in submission order."""
     try:
-        place = services.slots.enqueue(execution.agent_name, execution.id,
-                                       submitted_us(execution.created_at))
+        place = services.slots.enqueue(
+            execution.agent_name, execution.id, submitted_us(execution.created_at)
+        )
     except Exception:  # Redis away: the worker's admission script places it instead
         log.warning("could not enqueue %s in Redis", execution.id, exc_info=True)
         return None
@@ -134,6 +144,7 @@ def publish_or_defer(services: Services, execution_id: str) -> bool:
         services.publish(execution_id)
         return True
     except Exception:  # any broker failure: the row is the truth, the sweep re-sends
-        log.warning("publish of execution %s failed; it will be re-sent", execution_id,
-                    exc_info=True)
+        log.warning(
+            "publish of execution %s failed; it will be re-sent", execution_id, exc_info=True
+        )
         return False

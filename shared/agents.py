@@ -22,11 +22,27 @@ SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 Arg = Annotated[str, Field(min_length=1, max_length=4096)]
 #: Fields an agent spec may set besides its name.
-AGENT_FIELDS = ("command", "output", "default_model", "max_parallel_tasks", "timeout_seconds",
-                "queue_limit", "workdir", "env", "price", "description")
+AGENT_FIELDS = (
+    "command",
+    "output",
+    "default_model",
+    "max_parallel_tasks",
+    "timeout_seconds",
+    "queue_limit",
+    "workdir",
+    "env",
+    "price",
+    "description",
+)
 
-REQUIRED_FIELDS = ("command", "output", "max_parallel_tasks", "timeout_seconds", "queue_limit",
-                   "env")
+REQUIRED_FIELDS = (
+    "command",
+    "output",
+    "max_parallel_tasks",
+    "timeout_seconds",
+    "queue_limit",
+    "env",
+)
 
 
 def _no_nul(value: str) -> str:
@@ -103,11 +119,17 @@ def upsert_agent(session: Session, spec: AgentSpec) -> str:
 def agent_dict(agent: Agent) -> dict[str, Any]:
     """An agent as the API shows it."""
     return {
-        "name": agent.name, "command": agent.command, "output": agent.output,
-        "default_model": agent.default_model, "max_parallel_tasks": agent.max_parallel_tasks,
-        "timeout_seconds": agent.timeout_seconds, "queue_limit": agent.queue_limit,
-        "workdir": agent.workdir, "env": agent.env,
+        "name": agent.name,
+        "command": agent.command,
+        "output": agent.output,
+        "default_model": agent.default_model,
+        "max_parallel_tasks": agent.max_parallel_tasks,
+        "timeout_seconds": agent.timeout_seconds,
+        "queue_limit": agent.queue_limit,
+        "workdir": agent.workdir,
+        "env": agent.env,
         "price": None if agent.price is None else str(agent.price),
-        "description": agent.description, "created_at": iso(agent.created_at),
+        "description": agent.description,
+        "created_at": iso(agent.created_at),
         "updated_at": iso(agent.updated_at),
     }

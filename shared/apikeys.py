@@ -37,12 +37,19 @@ class Principal:
         return self.is_admin or agent in self.agents
 
 
-def create_key(session: Session, name: str, agents: list[str] | None = None,
-               key: str | None = None) -> str:
+def create_key(
+    session: Session, name: str, agents: list[str] | None = None, key: str | None = None
+) -> str:
     """Store a new key (admin, or scoped to `agents`); returns the plain key, shown once."""
     key = key or KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiKey(name=name, key_hash=hash_key(key), role="agent" if agents else "admin",
-                       agents=list(agents or [])))
+    session.add(
+        ApiKey(
+            name=name,
+            key_hash=hash_key(key),
+            role="agent" if agents else "admin",
+            agents=list(agents or []),
+        )
+    )
     return key
 
 

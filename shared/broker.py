@@ -33,8 +33,9 @@ def setup_broker(url: str) -> dramatiq.Broker:
 
 def execution_message(queue: str, execution_id: str) -> dramatiq.Message:
     """The message that carries one execution id to the worker actor."""
-    return dramatiq.Message(queue_name=queue, actor_name=ACTOR_NAME, args=(execution_id,),
-                            kwargs={}, options={})
+    return dramatiq.Message(
+        queue_name=queue, actor_name=ACTOR_NAME, args=(execution_id,), kwargs={}, options={}
+    )
 
 
 def publish(broker: dramatiq.Broker, queue: str, execution_id: str) -> None:

@@ -17,8 +17,11 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 def make_engine(url: str, pool_size: int = 10) -> Engine:
     """Create an engine for a PostgreSQL URL in any accepted form."""
     return create_engine(
-        normalize_database_url(url), pool_size=pool_size, max_overflow=pool_size,
-        pool_pre_ping=True, future=True,
+        normalize_database_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        future=True,
     )
 
 

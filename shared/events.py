@@ -35,21 +35,27 @@ def status_event(event_id: int, status: str, **extra: Any) -> dict[str, Any]:
     return {"id": event_id, "type": "status", "status": status, **extra}
 
 
-def emit(client: redis.Redis, execution_id: str, events: list[dict[str, Any]],
-         final: bool = False) -> None:
+def emit(
+    client: redis.Redis, execution_id: str, events: list[dict[str, Any]], final: bool = False
+) -> None:
     """Append events to the stream and publish them (one round trip)."""
     if not events:
         return
-    args: list[Any] = [STREAM_MAXLEN, STREAM_TTL_SECONDS if final else 0,
-                       json.dumps(events, separators=(",", ":"))]
+    args: list[Any] = [
+        STREAM_MAXLEN,
+        STREAM_TTL_SECONDS if final else 0,
+        json.dumps(events, separators=(",", ":")),
+    ]
     for event in events:
         args += [event["id"], json.dumps(event, separators=(",", ":"))]
-    client.eval(_EMIT, 2, keys.events_stream(execution_id), keys.events_channel(execution_id),
-                *args)
+    client.eval(
+        _EMIT, 2, keys.events_stream(execution_id), keys.events_channel(execution_id), *args
+    )
 
 
-def read_stream(client: redis.Redis, execution_id: str, after: int,
-                count: int = 1000) -> list[dict[str, Any]]:
+def read_stream(
+    client: redis.Redis, execution_id: str, after: int, count: int = 1000
+) -> list[dict[str, Any]]:
     """Events with id > after from the stream (empty when none, or the stream is gone)."""
     entries = client.xrange(keys.events_stream(execution_id), f"(0-{after}", "+", count=count)
     return [json.loads(fields[b"e"]) for _, fields in entries]
@@ -80,8 +86,9 @@ class EventWriter:
         self._pending: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"events-{execution_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"events-{execution_id}", daemon=True
+        )
         self._thread.start()
 
     def status(self, status: str, **extra: Any) -> None:
@@ -113,7 +120,7 @@ class EventWriter:
     def _send(self, batch: list[dict[str, Any]], final: bool = False) -> None:
         for start in range(0, len(batch), self.max_batch):
             try:
-                emit(self.client, self.execution_id, batch[start:start + self.max_batch], final)
+                emit(self.client, self.execution_id, batch[start : start + self.max_batch], final)
             except redis.RedisError:  # live view degrades; the transcript in PostgreSQL stays whole
                 log.warning("could not publish events of %s", self.execution_id, exc_info=True)
 
@@ -127,8 +134,9 @@ class EventWriter:
         self._thread.join(timeout=30)
 
 
-def replay_stored(lines: list[str], started: bool, status: str,
-                  extra: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def replay_stored(
+    lines: list[str], started: bool, status: str, extra: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
     """The events of a finished execution, rebuilt from its stored transcript (same ids)."""
     event_id = 0
     if started:

@@ -47,17 +47,27 @@ def rebuild(services: Services) -> None:
     now_ms = seconds * 1000 + micros // 1000
     with services.Session() as session:
         running = session.execute(
-            select(Execution.id, Execution.agent_name, Execution.started_at,
-                   Execution.timeout_seconds, Agent.timeout_seconds)
+            select(
+                Execution.id,
+                Execution.agent_name,
+                Execution.started_at,
+                Execution.timeout_seconds,
+                Agent.timeout_seconds,
+            )
             .join(Agent, Agent.name == Execution.agent_name)
-            .where(Execution.status == ExecutionStatus.running.value)).all()
+            .where(Execution.status == ExecutionStatus.running.value)
+        ).all()
         pending = session.execute(
-            select(Execution.id, Execution.agent_name, Execution.created_at)
-            .where(Execution.status == ExecutionStatus.pending.value)).all()
+            select(Execution.id, Execution.agent_name, Execution.created_at).where(
+                Execution.status == ExecutionStatus.pending.value
+            )
+        ).all()
     pipe = services.redis.pipeline(transaction=False)
     for eid, agent, started_at, own_timeout, agent_timeout in running:
-        left = (started_at + timedelta(seconds=(own_timeout or agent_timeout)
-                                       + settings.lease_buffer_seconds)) - utcnow()
+        left = (
+            started_at
+            + timedelta(seconds=(own_timeout or agent_timeout) + settings.lease_buffer_seconds)
+        ) - utcnow()
         cap = now_ms + max(0, int(left.total_seconds() * 1000))
         pipe.zadd(keys.slots(agent), {eid: min(now_ms + int(settings.lease_seconds * 1000), cap)})
         pipe.hset(keys.lease_caps(agent), eid, cap)
@@ -66,5 +76,9 @@ def rebuild(services: Services) -> None:
         pipe.zadd(keys.waiting(agent), {eid: submitted_us(created_at)}, nx=True)
         pipe.sadd(keys.agents_index(), agent)
     pipe.execute()
-    log.log(logging.WARNING if running or pending else logging.DEBUG, "rebuilt Redis state from PostgreSQL: %d leases, %d waiters",
-                len(running), len(pending))
+    log.log(
+        logging.WARNING if running or pending else logging.DEBUG,
+        "rebuilt Redis state from PostgreSQL: %d leases, %d waiters",
+        len(running),
+        len(pending),
+    )

@@ -47,19 +47,27 @@ class Settings:
             load_dotenv(override=False)
             env = dict(os.environ)
         db = env.get("AGX_DATABASE_URL") or None
-        origins = tuple(o.strip() for o in env.get("AGX_ALLOWED_ORIGINS", "").split(",") if o.strip())
+        origins = tuple(
+            o.strip() for o in env.get("AGX_ALLOWED_ORIGINS", "").split(",") if o.strip()
+        )
         settings = cls(
             database_url=normalize_database_url(db) if db else None,
             redis_url=env.get("AGX_REDIS_URL") or None,
             broker_url=env.get("AGX_BROKER_URL") or None,
-            home=Path(env["AGX_HOME"]).expanduser() if env.get("AGX_HOME") else Path.home() / ".agx",
+            home=Path(env["AGX_HOME"]).expanduser()
+            if env.get("AGX_HOME")
+            else Path.home() / ".agx",
             api_key=env.get("AGX_API_KEY") or None,
             queue=env.get("AGX_QUEUE") or DEFAULT_QUEUE,
             allowed_origins=origins,
             secret_key=env.get("AGX_SECRET_KEY") or None,
         )
-        for name in ("lease_seconds", "heartbeat_seconds", "redispatch_after_seconds",
-                     "keepalive_seconds"):
+        for name in (
+            "lease_seconds",
+            "heartbeat_seconds",
+            "redispatch_after_seconds",
+            "keepalive_seconds",
+        ):
             raw = env.get("AGX_" + name.upper())
             if raw:
                 settings = replace(settings, **{name: float(raw)})
@@ -75,8 +83,13 @@ class Settings:
 
     def require(self) -> Settings:
         """Fail clearly when a production process is started without its services."""
-        missing = [n for n, v in (("AGX_DATABASE_URL", self.database_url),
-                                  ("AGX_REDIS_URL", self.redis_url)) if not v]
+        missing = [
+            n
+            for n, v in (("AGX_DATABASE_URL", self.database_url), ("AGX_REDIS_URL", self.redis_url))
+            if not v
+        ]
         if missing:
-            raise RuntimeError(f"{', '.join(missing)} not set (or run `agx up` for embedded services)")
+            raise RuntimeError(
+                f"{', '.join(missing)} not set (or run `agx up` for embedded services)"
+            )
         return self

@@ -41,26 +41,45 @@ class Slots:
 
     def enqueue(self, agent: str, execution_id: str, submitted_us: int) -> int:
         """Place a new submission in the agent's FIFO; returns its 1-based position."""
-        return int(self._enqueue(keys=[keys.waiting(agent), keys.agents_index()],
-                                 args=[execution_id, submitted_us, agent]))
+        return int(
+            self._enqueue(
+                keys=[keys.waiting(agent), keys.agents_index()],
+                args=[execution_id, submitted_us, agent],
+            )
+        )
 
-    def acquire(self, agent: str, execution_id: str, max_parallel: int,
-                timeout_seconds: float, submitted_us: int = 0) -> Admission:
+    def acquire(
+        self,
+        agent: str,
+        execution_id: str,
+        max_parallel: int,
+        timeout_seconds: float,
+        submitted_us: int = 0,
+    ) -> Admission:
         """Take a lease if this execution is at the head of the FIFO, else park it there."""
         cap_ms = int(timeout_seconds * 1000) + self.buffer_ms
         admitted, position = self._acquire(
-            keys=[keys.slots(agent), keys.lease_caps(agent), keys.waiting(agent),
-                  keys.agents_index(), keys.epoch()],
+            keys=[
+                keys.slots(agent),
+                keys.lease_caps(agent),
+                keys.waiting(agent),
+                keys.agents_index(),
+                keys.epoch(),
+            ],
             args=[execution_id, agent, max_parallel, self.lease_ms, cap_ms, submitted_us],
         )
         return Admission(admitted == 1, int(position), needs_rebuild=admitted == -1)
 
-    def renew(self, agent: str, execution_id: str, max_parallel: int,
-              remaining_seconds: float) -> bool:
+    def renew(
+        self, agent: str, execution_id: str, max_parallel: int, remaining_seconds: float
+    ) -> bool:
         """Extend the lease (or restore it if a slot is free); False: gone, the holder stops."""
-        return bool(self._renew(
-            keys=[keys.slots(agent), keys.lease_caps(agent)],
-            args=[execution_id, self.lease_ms, max_parallel, int(remaining_seconds * 1000)]))
+        return bool(
+            self._renew(
+                keys=[keys.slots(agent), keys.lease_caps(agent)],
+                args=[execution_id, self.lease_ms, max_parallel, int(remaining_seconds * 1000)],
+            )
+        )
 
     def release(self, agent: str, execution_id: str, max_parallel: int) -> list[str]:
         """Drop this execution's lease or waiting entry; return the waiters that now fit."""
@@ -81,5 +100,7 @@ class Slots:
 
     def holders(self, agent: str) -> list[str]:
         """Execution ids holding a lease for the agent (lapsed ones included until purged)."""
-        return [m.decode() if isinstance(m, bytes) else m
-                for m in self.client.zrange(keys.slots(agent), 0, -1)]
+        return [
+            m.decode() if isinstance(m, bytes) else m
+            for m in self.client.zrange(keys.slots(agent), 0, -1)
+        ]

@@ -24,8 +24,9 @@ TERMINAL = frozenset({ExecutionStatus.completed, ExecutionStatus.failed, Executi
 
 #: Allowed moves; everything else is refused by compare-and-set.
 TRANSITIONS: dict[ExecutionStatus, frozenset[ExecutionStatus]] = {
-    ExecutionStatus.pending: frozenset({ExecutionStatus.running, ExecutionStatus.cancelled,
-                                        ExecutionStatus.failed}),
+    ExecutionStatus.pending: frozenset(
+        {ExecutionStatus.running, ExecutionStatus.cancelled, ExecutionStatus.failed}
+    ),
     ExecutionStatus.running: TERMINAL,
     ExecutionStatus.completed: frozenset(),
     ExecutionStatus.failed: frozenset(),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from shared import events
-from shared.keys import control_channel
 from shared.errors import Conflict, NotFound
+from shared.keys import control_channel
 from shared.models import Agent, Execution, utcnow
 from shared.services import Services
 from shared.states import ExecutionStatus
@@ -16,8 +16,7 @@ log = logging.getLogger(__name__)
 STOPPED_ERROR = "stopped by request"
 
 
-def request_stop(services: Services, execution_id: str, agent_name: str | None = None
-                 ) -> Execution:
+def request_stop(services: Services, execution_id: str, agent_name: str | None = None) -> Execution:
     """Accept a stop (409 when already finished); returns the row as it now stands."""
     with services.Session.begin() as session:
         row = session.get(Execution, execution_id, with_for_update=True)
@@ -29,8 +28,11 @@ def request_stop(services: Services, execution_id: str, agent_name: str | None =
         now = utcnow()
         row.cancel_requested_at = row.cancel_requested_at or now
         if status is ExecutionStatus.pending:
-            row.status, row.error, row.completed_at = ExecutionStatus.cancelled.value, \
-                STOPPED_ERROR, now
+            row.status, row.error, row.completed_at = (
+                ExecutionStatus.cancelled.value,
+                STOPPED_ERROR,
+                now,
+            )
         max_parallel = session.get(Agent, row.agent_name).max_parallel_tasks  # type: ignore[union-attr]
     if status is ExecutionStatus.pending:
         _forget_waiter(services, row, max_parallel)
@@ -42,8 +44,12 @@ def request_stop(services: Services, execution_id: str, agent_name: str | None =
 def _forget_waiter(services: Services, row: Execution, max_parallel: int) -> None:
     try:
         heads = services.slots.release(row.agent_name, row.id, max_parallel)
-        events.emit(services.redis, row.id, [events.status_event(
-            1, ExecutionStatus.cancelled.value, error=STOPPED_ERROR)], final=True)
+        events.emit(
+            services.redis,
+            row.id,
+            [events.status_event(1, ExecutionStatus.cancelled.value, error=STOPPED_ERROR)],
+            final=True,
+        )
     except Exception:  # the reaper drops stale waiters and promotes
         log.warning("could not update Redis for stopped %s", row.id, exc_info=True)
         return

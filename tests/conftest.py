@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,8 +34,9 @@ def test_services(tmp_path_factory: pytest.TempPathFactory) -> TestServices:
 
 
 @pytest.fixture(scope="session")
-def base_settings(test_services: TestServices, tmp_path_factory: pytest.TempPathFactory
-                  ) -> Settings:
+def base_settings(
+    test_services: TestServices, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
     engine = create_engine(normalize_database_url(test_services.database_url))
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public"))
@@ -42,9 +44,13 @@ def base_settings(test_services: TestServices, tmp_path_factory: pytest.TempPath
     migrate(test_services.database_url)
     return Settings(
         database_url=normalize_database_url(test_services.database_url),
-        redis_url=test_services.redis_url, broker_url=test_services.amqp_url,
-        home=tmp_path_factory.mktemp("agx-home"), queue=f"agx-test-{uuid.uuid4().hex[:8]}",
-        lease_seconds=10.0, heartbeat_seconds=1.0, redispatch_after_seconds=2.0,
+        redis_url=test_services.redis_url,
+        broker_url=test_services.amqp_url,
+        home=tmp_path_factory.mktemp("agx-home"),
+        queue=f"agx-test-{uuid.uuid4().hex[:8]}",
+        lease_seconds=10.0,
+        heartbeat_seconds=1.0,
+        redispatch_after_seconds=2.0,
     )
 
 
@@ -58,8 +64,11 @@ def broker_kind(request: pytest.FixtureRequest, base_settings: Settings) -> str:
 
 @pytest.fixture
 def settings(base_settings: Settings, request: pytest.FixtureRequest) -> Settings:
-    kind = request.getfixturevalue("broker_kind") if "broker_kind" in request.fixturenames \
+    kind = (
+        request.getfixturevalue("broker_kind")
+        if "broker_kind" in request.fixturenames
         else ("rabbitmq" if base_settings.broker_url else "redis")
+    )
     broker = base_settings.broker_url if kind == "rabbitmq" else base_settings.redis_url
     return replace(base_settings, broker_url=broker)
 
@@ -90,11 +99,16 @@ def _reset(svc: Services) -> None:
 def worker_env(settings: Settings) -> dict[str, str]:
     """Environment for an agx process using the test's services."""
     env = dict(os.environ)
-    env.update(AGX_DATABASE_URL=settings.database_url or "", AGX_REDIS_URL=settings.redis_url or "",
-               AGX_BROKER_URL=settings.effective_broker_url, AGX_QUEUE=settings.queue,
-               AGX_HOME=str(settings.home), AGX_LEASE_SECONDS=str(settings.lease_seconds),
-               AGX_HEARTBEAT_SECONDS=str(settings.heartbeat_seconds),
-               AGX_REDISPATCH_AFTER_SECONDS=str(settings.redispatch_after_seconds))
+    env.update(
+        AGX_DATABASE_URL=settings.database_url or "",
+        AGX_REDIS_URL=settings.redis_url or "",
+        AGX_BROKER_URL=settings.effective_broker_url,
+        AGX_QUEUE=settings.queue,
+        AGX_HOME=str(settings.home),
+        AGX_LEASE_SECONDS=str(settings.lease_seconds),
+        AGX_HEARTBEAT_SECONDS=str(settings.heartbeat_seconds),
+        AGX_REDISPATCH_AFTER_SECONDS=str(settings.redispatch_after_seconds),
+    )
     return env
 
 
@@ -107,9 +121,13 @@ class Processes:
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with open(self.log_dir / f"{args[0]}-{len(self.procs)}.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "agx", *args],
-                                    env=env or worker_env(self.settings), stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agx", *args],
+                env=env or worker_env(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs.append(proc)
         return proc
 
@@ -133,10 +151,8 @@ class Processes:
 
 
 def _killpg(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture
@@ -152,8 +168,11 @@ def make_agent(services: Services, tmp_path: Path) -> Callable[..., Agent]:
 
     def make(name: str = "demo", **fields: Any) -> Agent:
         values: dict[str, Any] = {
-            "command": [sys.executable, "-m", "agx.demo_agent"], "output": "claude-stream-json",
-            "env": {"AGX_DEMO_RECORD": str(tmp_path / f"{name}.record")}, **fields}
+            "command": [sys.executable, "-m", "agx.demo_agent"],
+            "output": "claude-stream-json",
+            "env": {"AGX_DEMO_RECORD": str(tmp_path / f"{name}.record")},
+            **fields,
+        }
         with services.Session.begin() as session:
             agent = Agent(name=name, **values)
             session.add(agent)
@@ -181,8 +200,12 @@ def client(services: Services, admin_key: str) -> Any:
     return test_client
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
-             message: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> Any:
     """Poll until predicate() is truthy; fail with `message` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -250,9 +273,23 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         client = redis_lib.Redis.from_url(self.url)
 
         def ready() -> bool:

@@ -10,11 +10,17 @@ from typing import Any
 import websocket
 
 
-def sse_events(url: str, key: str, last_event_id: int | None = None, stop_after: int | None = None,
-               timeout: float = 60) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+def sse_events(
+    url: str,
+    key: str,
+    last_event_id: int | None = None,
+    stop_after: int | None = None,
+    timeout: float = 60,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Read an SSE stream to its `end` (or `stop_after` events); returns (events, end)."""
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}",
-                                               "Accept": "text/event-stream"})
+    req = urllib.request.Request(
+        url, headers={"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
+    )
     if last_event_id is not None:
         req.add_header("Last-Event-ID", str(last_event_id))
     events: list[dict[str, Any]] = []

@@ -16,8 +16,9 @@ def reachable(url: str, default_port: int) -> bool:
     """True when something accepts TCP connections at the URL's host and port."""
     parts = urllib.parse.urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1",
-                                       parts.port or default_port), timeout=1):
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), timeout=1
+        ):
             return True
     except OSError:
         return False
@@ -37,11 +38,19 @@ def discover(tmp_home: str) -> TestServices:
     db = os.environ.get("AGX_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     rd = os.environ.get("AGX_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
     mq = os.environ.get("AGX_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-    missing = [name for name, url, port in (("PostgreSQL", db, 5432), ("Redis", rd, 6379),
-                                            ("RabbitMQ", mq, 5672)) if not reachable(url, port)]
+    missing = [
+        name
+        for name, url, port in (
+            ("PostgreSQL", db, 5432),
+            ("Redis", rd, 6379),
+            ("RabbitMQ", mq, 5672),
+        )
+        if not reachable(url, port)
+    ]
     if missing and IN_CI:
-        pytest.exit(f"CI is set but these services are unreachable: {', '.join(missing)}",
-                    returncode=3)
+        pytest.exit(
+            f"CI is set but these services are unreachable: {', '.join(missing)}", returncode=3
+        )
     if "PostgreSQL" in missing or "Redis" in missing:
         from pathlib import Path
 

@@ -17,22 +17,26 @@ def _count(services):
         return session.query(Execution).count()
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({}, "message"),
-    ({"message": ""}, "message"),
-    ({"message": "   "}, "message"),
-    ({"message": 42}, "message"),
-    ({"message": "a\x00b"}, "message"),
-    ({"message": "x" * (100 * 1024 + 1)}, "message"),
-    ({"message": "hi", "model": "--dangerously-skip-permissions"}, "model"),
-    ({"message": "hi", "model": "a b; rm -rf /"}, "model"),
-    ({"message": "hi", "timeout_seconds": 0}, "timeout_seconds"),
-    ({"message": "hi", "timeout_seconds": 901}, "timeout_seconds"),
-    ({"message": "hi", "wait": "perhaps"}, "wait"),
-    ({"message": "hi", "extra": True}, "extra"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "message"),
+        ({"message": ""}, "message"),
+        ({"message": "   "}, "message"),
+        ({"message": 42}, "message"),
+        ({"message": "a\x00b"}, "message"),
+        ({"message": "x" * (100 * 1024 + 1)}, "message"),
+        ({"message": "hi", "model": "--dangerously-skip-permissions"}, "model"),
+        ({"message": "hi", "model": "a b; rm -rf /"}, "model"),
+        ({"message": "hi", "timeout_seconds": 0}, "timeout_seconds"),
+        ({"message": "hi", "timeout_seconds": 901}, "timeout_seconds"),
+        ({"message": "hi", "wait": "perhaps"}, "wait"),
+        ({"message": "hi", "extra": True}, "extra"),
+    ],
+)
 def test_a_bad_task_is_refused_naming_the_field_and_creates_no_row(
-        client, services, make_agent, body, field):
+    client, services, make_agent, body, field
+):
     make_agent("demo")
     resp = client.post("/api/agents/demo/task", json=body)
     assert resp.status_code == 422, resp.json
@@ -47,10 +51,10 @@ def test_a_task_for_an_unknown_agent_is_404(client, services):
 
 
 def test_the_queue_limit_refuses_with_429_and_stores_nothing_for_the_refused_request(
-        client, services, make_agent):
+    client, services, make_agent
+):
     make_agent("tight", max_parallel_tasks=1, queue_limit=2)
-    accepted = [client.post("/api/agents/tight/task", json={"message": f"m{i}"})
-                for i in range(3)]
+    accepted = [client.post("/api/agents/tight/task", json={"message": f"m{i}"}) for i in range(3)]
     assert [r.status_code for r in accepted] == [202, 202, 202]
     assert [r.json["queue_position"] for r in accepted] == [None, 1, 2]
     refused = client.post("/api/agents/tight/task", json={"message": "one too many"})
@@ -68,7 +72,8 @@ def test_wait_true_returns_the_finished_execution(client, services, make_agent, 
 
 
 def test_a_failed_agent_run_is_recorded_as_failed_with_the_reason(
-        client, services, make_agent, processes):
+    client, services, make_agent, processes
+):
     make_agent("demo")
     processes.workers()
     bad_exit = client.post("/api/agents/demo/task", json={"message": "x exit=3"}).json
@@ -82,11 +87,15 @@ def test_a_failed_agent_run_is_recorded_as_failed_with_the_reason(
 
 
 def test_a_publish_that_fails_is_re_sent_and_the_execution_completes_once(
-        services, make_agent, processes, broker_kind, settings):
+    services, make_agent, processes, broker_kind, settings
+):
     """The broker is unreachable between commit and publish; the reaper sweep re-sends."""
     make_agent("demo")
-    dead = "amqp://guest:guest@127.0.0.1:1/%2F" if broker_kind == "rabbitmq" \
+    dead = (
+        "amqp://guest:guest@127.0.0.1:1/%2F"
+        if broker_kind == "rabbitmq"
         else "redis://127.0.0.1:1/0"
+    )
     broken = Services(replace(settings, broker_url=dead), pool_size=2)
     try:
         submitted = submit_execution(broken, "demo", "survive the broker")
@@ -105,14 +114,17 @@ def test_a_publish_that_fails_is_re_sent_and_the_execution_completes_once(
 def test_listing_filters_and_pages_newest_first(client, services, make_agent):
     make_agent("a1", queue_limit=1000)
     make_agent("a2", queue_limit=1000)
-    ids = [submit_execution(services, "a1" if i % 2 else "a2", f"task number {i}").execution.id
-           for i in range(7)]
+    ids = [
+        submit_execution(services, "a1" if i % 2 else "a2", f"task number {i}").execution.id
+        for i in range(7)
+    ]
     everything = client.get("/api/executions?limit=3")
     assert everything.status_code == 200
     seen, cursor = [], None
     while True:
-        page = client.get("/api/executions", query_string={"limit": 3, **(
-            {"cursor": cursor} if cursor else {})}).json
+        page = client.get(
+            "/api/executions", query_string={"limit": 3, **({"cursor": cursor} if cursor else {})}
+        ).json
         seen += [e["id"] for e in page["items"]]
         cursor = page["next_cursor"]
         if not cursor:
@@ -127,11 +139,18 @@ def test_listing_filters_and_pages_newest_first(client, services, make_agent):
     assert len(client.get("/api/executions?until=2999-01-01T00:00:00Z").json["items"]) == 7
 
 
-@pytest.mark.parametrize(("query", "field"), [
-    ("status=done", "status"), ("trigger=cron", "trigger"), ("limit=0", "limit"),
-    ("limit=abc", "limit"), ("since=yesterday", "since"), ("cursor=!!!", "cursor"),
-    ("colour=red", "colour"),
-])
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("status=done", "status"),
+        ("trigger=cron", "trigger"),
+        ("limit=0", "limit"),
+        ("limit=abc", "limit"),
+        ("since=yesterday", "since"),
+        ("cursor=!!!", "cursor"),
+        ("colour=red", "colour"),
+    ],
+)
 def test_bad_list_filters_are_422_naming_the_parameter(client, query, field):
     resp = client.get(f"/api/executions?{query}")
     assert resp.status_code == 422 and resp.json["error"]["field"] == field
@@ -145,8 +164,9 @@ def test_an_unknown_execution_is_404(client, make_agent):
 def test_openapi_describes_every_api_route_with_its_request_schema(client):
     spec = client.get("/openapi.json").json
     task = spec["paths"]["/api/agents/{name}/task"]["post"]
-    schema = spec["components"]["schemas"][task["requestBody"]["content"]["application/json"]
-                                          ["schema"]["$ref"].split("/")[-1]]
+    schema = spec["components"]["schemas"][
+        task["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    ]
     assert "message" in schema["properties"] and "message" in schema["required"]
     assert "/api/executions" in spec["paths"] and "/api/agents/{name}" in spec["paths"]
     params = {p["name"] for p in spec["paths"]["/api/executions"]["get"]["parameters"]}

@@ -14,14 +14,16 @@ from tests.conftest import statuses, wait_for
 @pytest.fixture
 def cli(api_url, admin_key, settings):
     def run(*args: str):
-        return CliRunner(env={"AGX_URL": api_url, "AGX_API_KEY": admin_key,
-                              "AGX_HOME": str(settings.home)}).invoke(main, list(args))
+        return CliRunner(
+            env={"AGX_URL": api_url, "AGX_API_KEY": admin_key, "AGX_HOME": str(settings.home)}
+        ).invoke(main, list(args))
 
     return run
 
 
 def test_task_follow_prints_the_live_transcript_and_exits_with_the_outcome(
-        cli, services, make_agent, processes):
+    cli, services, make_agent, processes
+):
     make_agent("demo")
     processes.workers()
     done = cli("task", "demo", "hello there lines=3", "--follow")
@@ -33,7 +35,8 @@ def test_task_follow_prints_the_live_transcript_and_exits_with_the_outcome(
 
 
 def test_tail_replays_a_finished_execution_and_stop_cancels_a_pending_one(
-        cli, services, make_agent):
+    cli, services, make_agent
+):
     make_agent("demo")
     eid = submit_execution(services, "demo", "never started").execution.id
     stopped = cli("stop", eid)
@@ -60,8 +63,15 @@ def test_tail_follows_a_running_execution_live(cli, services, make_agent, proces
 
 def test_rendering_keeps_text_and_summarises_tool_use():
     assert render_line("plain text") == "plain text"
-    assert render_line('{"type":"assistant","message":{"content":[{"type":"text","text":"hi"},'
-                       '{"type":"tool_use","name":"Bash"}]}}') == "hi\n→ Bash"
-    assert render_line('{"type":"result","num_turns":2,"total_cost_usd":0.5}') == \
-        "· result (2 turns, $0.5000)"
+    assert (
+        render_line(
+            '{"type":"assistant","message":{"content":[{"type":"text","text":"hi"},'
+            '{"type":"tool_use","name":"Bash"}]}}'
+        )
+        == "hi\n→ Bash"
+    )
+    assert (
+        render_line('{"type":"result","num_turns":2,"total_cost_usd":0.5}')
+        == "· result (2 turns, $0.5000)"
+    )
     assert render_line("[1, 2]") == "[1, 2]"

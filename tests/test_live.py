@@ -26,7 +26,8 @@ def _check_sequence(events, lines_expected):
 
 
 def test_an_sse_client_joining_mid_run_gets_every_line_once_in_order_then_resumes(
-        services, make_agent, processes, api_url, admin_key):
+    services, make_agent, processes, api_url, admin_key
+):
     make_agent("demo")
     processes.workers()
     eid = submit_execution(services, "demo", "stream lines=300 sleep=1.5").execution.id
@@ -44,12 +45,14 @@ def test_an_sse_client_joining_mid_run_gets_every_line_once_in_order_then_resume
     services.redis.flushdb()
     replayed, end = sse_events(url, admin_key)
     assert end == {"status": "completed"}
-    assert [(e["id"], e.get("line")) for e in replayed] == \
-        [(e["id"], e.get("line")) for e in everything]
+    assert [(e["id"], e.get("line")) for e in replayed] == [
+        (e["id"], e.get("line")) for e in everything
+    ]
 
 
 def test_two_websocket_clients_and_one_sse_client_receive_identical_sequences(
-        services, make_agent, processes, api_url, admin_key):
+    services, make_agent, processes, api_url, admin_key
+):
     make_agent("demo")
     processes.workers()
     eid = submit_execution(services, "demo", "fan out lines=500 sleep=1").execution.id
@@ -65,7 +68,8 @@ def test_two_websocket_clients_and_one_sse_client_receive_identical_sequences(
 
 
 def test_a_websocket_without_credentials_or_from_a_foreign_origin_is_refused(
-        services, make_agent, api_url, admin_key):
+    services, make_agent, api_url, admin_key
+):
     make_agent("demo")
     eid = submit_execution(services, "demo", "secret stuff").execution.id
     ws_url = api_url.replace("http://", "ws://") + f"/ws/executions/{eid}"
@@ -73,8 +77,12 @@ def test_a_websocket_without_credentials_or_from_a_foreign_origin_is_refused(
         websocket.create_connection(ws_url, timeout=10)
     assert no_key.value.status_code == 401
     with pytest.raises(websocket.WebSocketBadStatusException) as foreign:
-        websocket.create_connection(ws_url, timeout=10, origin="https://evil.example",
-                                    header=[f"Authorization: Bearer {admin_key}"])
+        websocket.create_connection(
+            ws_url,
+            timeout=10,
+            origin="https://evil.example",
+            header=[f"Authorization: Bearer {admin_key}"],
+        )
     assert foreign.value.status_code == 403
     with pytest.raises(websocket.WebSocketBadStatusException) as key_in_url:
         websocket.create_connection(ws_url + f"?api_key={admin_key}", timeout=10)
@@ -82,19 +90,26 @@ def test_a_websocket_without_credentials_or_from_a_foreign_origin_is_refused(
 
 
 def test_a_browser_session_cookie_authorises_the_websocket(
-        services, make_agent, api_url, admin_key):
+    services, make_agent, api_url, admin_key
+):
     import json
     import urllib.request
 
     make_agent("demo")
     eid = submit_execution(services, "demo", "cookie").execution.id
-    req = urllib.request.Request(api_url + "/api/session", method="POST",
-                                 data=json.dumps({"api_key": admin_key}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        api_url + "/api/session",
+        method="POST",
+        data=json.dumps({"api_key": admin_key}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         cookie = resp.headers["Set-Cookie"].split(";")[0]
     assert "HttpOnly" in resp.headers["Set-Cookie"]
-    ws = websocket.create_connection(api_url.replace("http://", "ws://") +
-                                     f"/ws/executions/{eid}", timeout=10, cookie=cookie,
-                                     origin=api_url)
+    ws = websocket.create_connection(
+        api_url.replace("http://", "ws://") + f"/ws/executions/{eid}",
+        timeout=10,
+        cookie=cookie,
+        origin=api_url,
+    )
     ws.close()

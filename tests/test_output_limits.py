@@ -1,4 +1,4 @@
-"""Output limits: a 10 MB line, invalid UTF-8 and 1 GB of output leave the worker well and bounded."""
+"""Output limits: a 10 MB line, invalid UTF-8 and 1 GB of output leave the worker bounded."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ from producer import submit_execution
 from shared.models import Execution, Transcript
 from tests.conftest import statuses, wait_for
 
-LONG_LINE = ("import sys; w = sys.stdout.buffer.write; w(b'x' * (10 * 1024 * 1024)); "
-             "w(b'\\n\\xff\\xfe bad utf8\\n'); w(b'tail without newline')")
-ONE_GIGABYTE = ("import sys; chunk = b'y' * (1024 * 1024 - 1) + b'\\n'; w = sys.stdout.buffer.write\n"
-                "for _ in range(1024): w(chunk)\nw(b'done\\n')")
+LONG_LINE = (
+    "import sys; w = sys.stdout.buffer.write; w(b'x' * (10 * 1024 * 1024)); "
+    "w(b'\\n\\xff\\xfe bad utf8\\n'); w(b'tail without newline')"
+)
+ONE_GIGABYTE = (
+    "import sys; chunk = b'y' * (1024 * 1024 - 1) + b'\\n'; w = sys.stdout.buffer.write\n"
+    "for _ in range(1024): w(chunk)\nw(b'done\\n')"
+)
 
 
 def _rows(services, eid):
@@ -21,8 +25,7 @@ def _rows(services, eid):
         return session.get(Execution, eid), session.get(Transcript, eid)
 
 
-def test_a_10_mb_line_and_invalid_utf8_are_capped_with_a_marker(
-        services, make_agent, processes):
+def test_a_10_mb_line_and_invalid_utf8_are_capped_with_a_marker(services, make_agent, processes):
     make_agent("text", command=[sys.executable, "-c", LONG_LINE], output="text")
     processes.workers()
     eid = submit_execution(services, "text", "go").execution.id
@@ -36,12 +39,15 @@ def test_a_10_mb_line_and_invalid_utf8_are_capped_with_a_marker(
 
 
 def test_a_gigabyte_of_output_is_drained_capped_and_the_worker_memory_stays_bounded(
-        services, make_agent, processes):
-    make_agent("flood", command=[sys.executable, "-c", ONE_GIGABYTE], output="text",
-               timeout_seconds=300)
+    services, make_agent, processes
+):
+    make_agent(
+        "flood", command=[sys.executable, "-c", ONE_GIGABYTE], output="text", timeout_seconds=300
+    )
     pool = processes.workers(threads=2)
     eid = submit_execution(services, "flood", "go").execution.id
     peak = 0
+
     def done() -> bool:
         nonlocal peak
         for proc in psutil.Process(pool.pid).children(recursive=True):
@@ -50,8 +56,11 @@ def test_a_gigabyte_of_output_is_drained_capped_and_the_worker_memory_stays_boun
                     peak = max(peak, proc.memory_info().rss)
             except psutil.Error:
                 pass
-        return statuses(services, [eid])[eid] != "pending" and \
-            statuses(services, [eid])[eid] != "running"
+        return (
+            statuses(services, [eid])[eid] != "pending"
+            and statuses(services, [eid])[eid] != "running"
+        )
+
     wait_for(done, 240, 0.2, "the flood to finish")
     row, transcript = _rows(services, eid)
     assert row.status == "completed", row.error

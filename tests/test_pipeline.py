@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from shared.models import Execution, Transcript
 from tests.conftest import wait_for
 
@@ -16,11 +13,13 @@ def _finished(services, execution_id):
 
 
 def test_a_submitted_task_runs_on_a_worker_and_records_its_outcome(
-        client, services, make_agent, processes, broker_kind):
+    client, services, make_agent, processes, broker_kind
+):
     make_agent("demo")
     processes.workers()
-    resp = client.post("/api/agents/demo/task", json={"message": "hello world",
-                                                      "model": "claude-test-1"})
+    resp = client.post(
+        "/api/agents/demo/task", json={"message": "hello world", "model": "claude-test-1"}
+    )
     assert resp.status_code == 202, resp.json
     body = resp.json
     assert body["status"] == "pending" and body["links"]["self"].endswith(body["execution_id"])

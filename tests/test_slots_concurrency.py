@@ -1,4 +1,4 @@
-"""Invariants 3 and 5: never more than max_parallel_tasks at once, FIFO waiting, prompt promotion."""
+"""Invariants 3 and 5: at most max_parallel_tasks at once, FIFO waiting, prompt promotion."""
 
 from __future__ import annotations
 
@@ -31,13 +31,18 @@ def _max_overlap(records: list[dict]) -> int:
 
 
 def test_thirty_submissions_never_overlap_more_than_three_and_start_in_fifo_order(
-        services, make_agent, processes, broker_kind, tmp_path):
+    services, make_agent, processes, broker_kind, tmp_path
+):
     make_agent("busy", max_parallel_tasks=3, queue_limit=100)
-    ids = [submit_execution(services, "busy", f"job-{i:02d} sleep=0.3").execution.id
-           for i in range(30)]
+    ids = [
+        submit_execution(services, "busy", f"job-{i:02d} sleep=0.3").execution.id for i in range(30)
+    ]
     processes.workers(processes=2, threads=4)
-    wait_for(lambda: set(statuses(services, ids).values()) == {"completed"}, 120,
-             message="all 30 completed")
+    wait_for(
+        lambda: set(statuses(services, ids).values()) == {"completed"},
+        120,
+        message="all 30 completed",
+    )
     records = _records(tmp_path / "busy.record")
     starts = [r for r in records if r["event"] == "start"]
     assert len(starts) == 30, "each execution ran exactly once"
@@ -48,13 +53,15 @@ def test_thirty_submissions_never_overlap_more_than_three_and_start_in_fifo_orde
     # Admission follows submission order: no execution is claimed before an earlier one,
     # beyond the jitter of two slots freed in the same instant (50 ms).
     claimed = [rows[i].started_at.timestamp() for i in ids]
-    inversions = [(i, j) for i in range(30) for j in range(i + 1, 30)
-                  if claimed[j] < claimed[i] - 0.05]
+    inversions = [
+        (i, j) for i in range(30) for j in range(i + 1, 30) if claimed[j] < claimed[i] - 0.05
+    ]
     assert not inversions, inversions
 
 
 def test_a_waiter_starts_within_100_ms_of_a_slot_being_released(
-        services, make_agent, processes, broker_kind, tmp_path):
+    services, make_agent, processes, broker_kind, tmp_path
+):
     make_agent("one", max_parallel_tasks=1)
     processes.workers(processes=1, threads=4)
     # Warm the pool up so start-up time is not measured.
@@ -64,8 +71,11 @@ def test_a_waiter_starts_within_100_ms_of_a_slot_being_released(
     wait_for(lambda: statuses(services, [first])[first] == "running", 30, message="first running")
     second = submit_execution(services, "one", "second").execution.id
     wait_for(lambda: _queued(services, second), 30, message="second parked")
-    wait_for(lambda: set(statuses(services, [first, second]).values()) == {"completed"}, 60,
-             message="both completed")
+    wait_for(
+        lambda: set(statuses(services, [first, second]).values()) == {"completed"},
+        60,
+        message="both completed",
+    )
     with services.Session() as session:
         a, b = session.get(Execution, first), session.get(Execution, second)
     gap_ms = (b.started_at - a.completed_at).total_seconds() * 1000

@@ -37,7 +37,8 @@ def _gone(pid):
 
 
 def test_stopping_a_pending_execution_cancels_it_at_once_and_frees_its_place(
-        client, services, make_agent):
+    client, services, make_agent
+):
     make_agent("demo", max_parallel_tasks=1)
     first = client.post("/api/agents/demo/task", json={"message": "a"}).json["execution_id"]
     second = client.post("/api/agents/demo/task", json={"message": "b"}).json["execution_id"]
@@ -53,11 +54,13 @@ def test_stopping_a_pending_execution_cancels_it_at_once_and_frees_its_place(
 
 
 def test_stopping_a_running_execution_kills_the_agent_and_its_grandchild_and_keeps_output(
-        client, services, make_agent, processes):
+    client, services, make_agent, processes
+):
     make_agent("demo", max_parallel_tasks=1)
     processes.workers()
-    eid = client.post("/api/agents/demo/task",
-                      json={"message": "long grandchild lines=5 sleep=60"}).json["execution_id"]
+    eid = client.post(
+        "/api/agents/demo/task", json={"message": "long grandchild lines=5 sleep=60"}
+    ).json["execution_id"]
     waiter = client.post("/api/agents/demo/task", json={"message": "next"}).json["execution_id"]
     grandchild = wait_for(lambda: _grandchild_pid(services, eid), 30, message="grandchild")
     started = time.monotonic()
@@ -69,26 +72,35 @@ def test_stopping_a_running_execution_kills_the_agent_and_its_grandchild_and_kee
     assert row.error == "stopped by request"
     assert "grandchild pid=" in transcript.content and "line 4" in transcript.content
     wait_for(lambda: _gone(grandchild), 10, message="grandchild gone")
-    wait_for(lambda: statuses(services, [waiter])[waiter] == "completed", 30,
-             message="the waiter runs once the slot is free")
+    wait_for(
+        lambda: statuses(services, [waiter])[waiter] == "completed",
+        30,
+        message="the waiter runs once the slot is free",
+    )
 
 
 def test_stop_racing_completion_never_yields_completed_after_an_accepted_stop(
-        client, services, make_agent, processes):
+    client, services, make_agent, processes
+):
     make_agent("demo", max_parallel_tasks=3, queue_limit=200)
     processes.workers(threads=4)
     accepted, refused = [], []
     for i in range(12):
-        eid = client.post("/api/agents/demo/task",
-                          json={"message": f"race {i} sleep=0.{i % 4}"}).json["execution_id"]
-        wait_for(lambda eid=eid: statuses(services, [eid])[eid] != "pending", 30,
-                 message="claimed")
+        eid = client.post(
+            "/api/agents/demo/task", json={"message": f"race {i} sleep=0.{i % 4}"}
+        ).json["execution_id"]
+        wait_for(lambda eid=eid: statuses(services, [eid])[eid] != "pending", 30, message="claimed")
         resp = client.post(f"/api/agents/demo/executions/{eid}/stop")
         (accepted if resp.status_code in (200, 202) else refused).append(eid)
         assert resp.status_code in (200, 202, 409)
     every = accepted + refused
-    wait_for(lambda: all(s in ("completed", "failed", "cancelled")
-                         for s in statuses(services, every).values()), 60, message="all done")
+    wait_for(
+        lambda: all(
+            s in ("completed", "failed", "cancelled") for s in statuses(services, every).values()
+        ),
+        60,
+        message="all done",
+    )
     final = statuses(services, every)
     assert all(final[e] == "cancelled" for e in accepted), final
     assert all(final[e] == "completed" for e in refused), final
@@ -96,12 +108,13 @@ def test_stop_racing_completion_never_yields_completed_after_an_accepted_stop(
 
 
 def test_a_timeout_kills_an_agent_that_ignores_sigint_and_sigterm_and_keeps_the_transcript(
-        client, services, make_agent, processes):
+    client, services, make_agent, processes
+):
     make_agent("demo", timeout_seconds=2)
     processes.workers()
-    eid = client.post("/api/agents/demo/task",
-                      json={"message": "stubborn ignore-signals lines=3 sleep=60"}
-                      ).json["execution_id"]
+    eid = client.post(
+        "/api/agents/demo/task", json={"message": "stubborn ignore-signals lines=3 sleep=60"}
+    ).json["execution_id"]
     wait_for(lambda: statuses(services, [eid])[eid] == "failed", 30, message="timed out")
     row, transcript = _row(services, eid)
     assert "timed out after 2 s" in row.error
@@ -109,11 +122,11 @@ def test_a_timeout_kills_an_agent_that_ignores_sigint_and_sigterm_and_keeps_the_
 
 
 def test_a_fake_credential_never_reaches_the_transcript_or_any_stream(
-        client, services, make_agent, processes):
+    client, services, make_agent, processes
+):
     make_agent("demo")
     processes.workers()
-    eid = client.post("/api/agents/demo/task", json={"message": "leak secret"}
-                      ).json["execution_id"]
+    eid = client.post("/api/agents/demo/task", json={"message": "leak secret"}).json["execution_id"]
     wait_for(lambda: statuses(services, [eid])[eid] == "completed", 30, message="completed")
     _, transcript = _row(services, eid)
     streamed = " ".join(e.get("line", "") for e in events.read_stream(services.redis, eid, 0))
@@ -127,8 +140,9 @@ def _agent_pids(marker):
     found = []
     for proc in psutil.process_iter(["cmdline", "environ"]):
         try:
-            if marker in " ".join(proc.info["cmdline"] or []) or \
-                    marker in (proc.info["environ"] or {}).get("AGX_DEMO_RECORD", ""):
+            if marker in " ".join(proc.info["cmdline"] or []) or marker in (
+                proc.info["environ"] or {}
+            ).get("AGX_DEMO_RECORD", ""):
                 found.append(proc.pid)
         except psutil.Error:
             continue
@@ -148,11 +162,13 @@ def _pool(pool):
 
 
 def test_a_worker_killed_with_sigkill_mid_run_is_failed_its_slot_returns_and_no_agent_survives(
-        client, services, make_agent, processes, tmp_path):
+    client, services, make_agent, processes, tmp_path
+):
     make_agent("demo", max_parallel_tasks=1)
     processes.workers(threads=2)
-    eid = client.post("/api/agents/demo/task",
-                      json={"message": "doomed grandchild lines=3 sleep=60"}).json["execution_id"]
+    eid = client.post(
+        "/api/agents/demo/task", json={"message": "doomed grandchild lines=3 sleep=60"}
+    ).json["execution_id"]
     waiter = client.post("/api/agents/demo/task", json={"message": "after"}).json["execution_id"]
     grandchild = wait_for(lambda: _grandchild_pid(services, eid), 30, message="grandchild")
     agent = [p for p in _agent_pids(str(tmp_path / "demo.record")) if p != grandchild]
@@ -160,8 +176,11 @@ def test_a_worker_killed_with_sigkill_mid_run_is_failed_its_slot_returns_and_no_
     worker = psutil.Process(agent[0]).ppid()
     killed_at = time.monotonic()
     os.kill(worker, signal.SIGKILL)  # kill -9 the worker process that runs the agent
-    wait_for(lambda: _gone(agent[0]) and _gone(grandchild), 10,
-             message="agent and grandchild die with their worker")
+    wait_for(
+        lambda: _gone(agent[0]) and _gone(grandchild),
+        10,
+        message="agent and grandchild die with their worker",
+    )
     processes.start("reaper", "--interval", "0.5")
     processes.workers(threads=2)
     wait_for(lambda: statuses(services, [eid])[eid] == "failed", 45, message="worker lost")
@@ -169,18 +188,21 @@ def test_a_worker_killed_with_sigkill_mid_run_is_failed_its_slot_returns_and_no_
     row, transcript = _row(services, eid)
     assert "worker lost" in row.error
     assert "line 2" in transcript.content, "the transcript is rebuilt from the stream"
-    wait_for(lambda: statuses(services, [waiter])[waiter] == "completed", 45,
-             message="the waiter runs")
+    wait_for(
+        lambda: statuses(services, [waiter])[waiter] == "completed", 45, message="the waiter runs"
+    )
     print(f"\nlost worker detected after {lost_after:.1f} s")
     assert lost_after < 45
 
 
 def test_a_worker_paused_past_its_lease_can_write_nothing_and_nothing_runs_twice(
-        client, services, make_agent, processes, tmp_path):
+    client, services, make_agent, processes, tmp_path
+):
     make_agent("demo", max_parallel_tasks=1)
     pool = processes.workers(threads=2)
-    eid = client.post("/api/agents/demo/task",
-                      json={"message": "paused sleep=8"}).json["execution_id"]
+    eid = client.post("/api/agents/demo/task", json={"message": "paused sleep=8"}).json[
+        "execution_id"
+    ]
     wait_for(lambda: statuses(services, [eid])[eid] == "running", 30, message="running")
     paused = _pool(pool)
     for proc in paused:
@@ -193,8 +215,11 @@ def test_a_worker_paused_past_its_lease_can_write_nothing_and_nothing_runs_twice
             proc.resume()
     row, _ = _row(services, eid)
     time.sleep(0)  # the resumed worker now races to write: it must lose
-    wait_for(lambda: not _agent_pids(str(tmp_path / "demo.record")), 20,
-             message="the resumed worker kills its agent")
+    wait_for(
+        lambda: not _agent_pids(str(tmp_path / "demo.record")),
+        20,
+        message="the resumed worker kills its agent",
+    )
     final, _ = _row(services, eid)
     assert final.status == "failed" and "worker lost" in final.error
     assert final.attempt == 1 and final.completed_at == row.completed_at
@@ -203,15 +228,19 @@ def test_a_worker_paused_past_its_lease_can_write_nothing_and_nothing_runs_twice
 
 
 def test_nothing_is_lost_when_redis_restarts_with_executions_running_and_waiting(
-        services, settings, make_agent, private_redis, tmp_path, broker_kind):
+    services, settings, make_agent, private_redis, tmp_path, broker_kind
+):
     """Slots, waiting lists (and with the Redis broker, the queue) vanish; PostgreSQL rebuilds."""
     from dataclasses import replace
 
     from shared.services import Services
     from tests.conftest import Processes
 
-    own = replace(settings, redis_url=private_redis.url,
-                  broker_url=settings.broker_url if broker_kind == "rabbitmq" else private_redis.url)
+    own = replace(
+        settings,
+        redis_url=private_redis.url,
+        broker_url=settings.broker_url if broker_kind == "rabbitmq" else private_redis.url,
+    )
     svc = Services(own, pool_size=3)
     procs = Processes(own, tmp_path)
     try:
@@ -219,11 +248,17 @@ def test_nothing_is_lost_when_redis_restarts_with_executions_running_and_waiting
         procs.workers(threads=4)
         procs.start("reaper", "--interval", "0.5")
         ids = [submit_execution(svc, "demo", f"job {i} sleep=2").execution.id for i in range(6)]
-        wait_for(lambda: list(statuses(services, ids).values()).count("running") == 2, 30,
-                 message="two running, four waiting")
+        wait_for(
+            lambda: list(statuses(services, ids).values()).count("running") == 2,
+            30,
+            message="two running, four waiting",
+        )
         private_redis.restart()
-        wait_for(lambda: set(statuses(services, ids).values()) <= {"completed", "failed"}, 120,
-                 message="all terminal")
+        wait_for(
+            lambda: set(statuses(services, ids).values()) <= {"completed", "failed"},
+            120,
+            message="all terminal",
+        )
     finally:
         procs.stop_all()
         svc.close()
@@ -253,7 +288,8 @@ def _rabbitmqctl(*args: str) -> None:
 
 
 def test_submissions_made_while_rabbitmq_is_down_run_once_each_after_it_returns(
-        services, settings, make_agent, processes, tmp_path):
+    services, settings, make_agent, processes, tmp_path
+):
     """Touches the shared RabbitMQ (stop_app/start_app), restored in `finally`."""
     import shutil
 
@@ -271,8 +307,11 @@ def test_submissions_made_while_rabbitmq_is_down_run_once_each_after_it_returns(
         _rabbitmqctl("start_app")
     assert not any(s.published for s in submitted)
     ids = [s.execution.id for s in submitted]
-    wait_for(lambda: set(statuses(services, ids).values()) == {"completed"}, 90,
-             message="all completed once RabbitMQ is back")
+    wait_for(
+        lambda: set(statuses(services, ids).values()) == {"completed"},
+        90,
+        message="all completed once RabbitMQ is back",
+    )
     with services.Session() as session:
         assert {session.get(Execution, i).attempt for i in ids} == {1}
     assert (tmp_path / "demo.record").read_text().count('"start"') == 3

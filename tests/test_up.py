@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,8 +18,11 @@ from tests.conftest import wait_for
 
 
 def _get(url: str, key: str | None = None, body: dict | None = None) -> dict:
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 method="GET" if body is None else "POST")
+    req = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        method="GET" if body is None else "POST",
+    )
     req.add_header("Content-Type", "application/json")
     if key:
         req.add_header("Authorization", f"Bearer {key}")
@@ -38,8 +42,13 @@ def test_agx_up_runs_a_demo_task_and_stops_everything_on_ctrl_c(tmp_path):
     env["AGX_HOME"] = str(tmp_path / "home")
     port = free_port()
     with open(tmp_path / "up.log", "wb") as log:
-        up = subprocess.Popen([sys.executable, "-m", "agx", "up", "--port", str(port)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        up = subprocess.Popen(
+            [sys.executable, "-m", "agx", "up", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     family: list[psutil.Process] = []
     try:
         url = f"http://127.0.0.1:{port}"
@@ -62,8 +71,6 @@ def test_agx_up_runs_a_demo_task_and_stops_everything_on_ctrl_c(tmp_path):
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
         for proc in family:
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.kill()
-            except psutil.Error:
-                pass
     assert "agx is up" in (tmp_path / "up.log").read_text()

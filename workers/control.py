@@ -27,8 +27,9 @@ class StopListener:
         with self._lock:
             self._callbacks[execution_id] = on_stop
             if self._thread is None:
-                self._thread = threading.Thread(target=self._listen, name="stop-listener",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._listen, name="stop-listener", daemon=True
+                )
                 self._thread.start()
 
     def unregister(self, execution_id: str) -> None:

@@ -10,13 +10,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from shared.redact import redact
 from sqlalchemy import select
 
 from shared.events import EventWriter
 from shared.models import Agent, Execution, Transcript
-from shared.services import Services
 from shared.rebuild import ensure_epoch
+from shared.redact import redact
+from shared.services import Services
 from shared.slots import Admission, submitted_us
 from shared.states import AgentOutput, ExecutionStatus
 from shared.stopping import STOPPED_ERROR
@@ -92,30 +92,49 @@ class Executor:
             raise
 
     def _admit(self, job: Job) -> Admission:
-        admission = self.services.slots.acquire(job.agent_name, job.execution_id,
-                                                job.max_parallel, job.timeout_seconds,
-                                                job.submitted_us)
+        admission = self.services.slots.acquire(
+            job.agent_name,
+            job.execution_id,
+            job.max_parallel,
+            job.timeout_seconds,
+            job.submitted_us,
+        )
         if admission.needs_rebuild and ensure_epoch(self.services):
-            admission = self.services.slots.acquire(job.agent_name, job.execution_id,
-                                                    job.max_parallel, job.timeout_seconds,
-                                                    job.submitted_us)
+            admission = self.services.slots.acquire(
+                job.agent_name,
+                job.execution_id,
+                job.max_parallel,
+                job.timeout_seconds,
+                job.submitted_us,
+            )
         return admission
 
     def _load(self, execution_id: str) -> Job | None:
         with self.services.Session() as session:
             row = session.execute(
-                select(Execution, Agent).join(Agent, Agent.name == Execution.agent_name)
+                select(Execution, Agent)
+                .join(Agent, Agent.name == Execution.agent_name)
                 .where(Execution.id == execution_id)
             ).one_or_none()
         if row is None:
             log.warning("execution %s not found; message dropped", execution_id)
             return None
         ex, agent = row
-        return Job(ex.id, agent.name, ExecutionStatus(ex.status), ex.message, ex.model,
-                   ex.resume_session_id, list(agent.command), agent.output, agent.workdir,
-                   {str(k): str(v) for k, v in (agent.env or {}).items()},
-                   agent.max_parallel_tasks, ex.timeout_seconds or agent.timeout_seconds,
-                   submitted_us(ex.created_at))
+        return Job(
+            ex.id,
+            agent.name,
+            ExecutionStatus(ex.status),
+            ex.message,
+            ex.model,
+            ex.resume_session_id,
+            list(agent.command),
+            agent.output,
+            agent.workdir,
+            {str(k): str(v) for k, v in (agent.env or {}).items()},
+            agent.max_parallel_tasks,
+            ex.timeout_seconds or agent.timeout_seconds,
+            submitted_us(ex.created_at),
+        )
 
     def _release(self, job: Job) -> None:
         heads = self.services.slots.release(job.agent_name, job.execution_id, job.max_parallel)
@@ -142,9 +161,14 @@ class Executor:
         watch.start()
         try:
             outcome: RunOutcome | str = run_agent(
-                _argv(job), stdin_text=job.message, on_line=on_line,
-                timeout_seconds=job.timeout_seconds, stop=watch.stop, workdir=job.workdir,
-                env=job.env, max_total_bytes=MAX_STORED_BYTES,
+                _argv(job),
+                stdin_text=job.message,
+                on_line=on_line,
+                timeout_seconds=job.timeout_seconds,
+                stop=watch.stop,
+                workdir=job.workdir,
+                env=job.env,
+                max_total_bytes=MAX_STORED_BYTES,
             )
         except OSError as exc:
             outcome = f"could not start agent: {exc}"
@@ -152,15 +176,19 @@ class Executor:
             self.stops.unregister(job.execution_id)
             watch.close()
         status, fields = judge(job, outcome, parser.result(), watch.reason)
-        row = Transcript(execution_id=job.execution_id, content="\n".join(transcript),
-                         line_count=len(transcript),
-                         truncated=isinstance(outcome, RunOutcome) and outcome.truncated)
+        row = Transcript(
+            execution_id=job.execution_id,
+            content="\n".join(transcript),
+            line_count=len(transcript),
+            truncated=isinstance(outcome, RunOutcome) and outcome.truncated,
+        )
         with self.services.Session.begin() as session:
             final = lifecycle.finish(session, job.execution_id, attempt, status, fields, row)
         self._release(job)  # promote the next waiter before anything else
         if final is None:
-            log.warning("execution %s attempt %s: row moved on; result discarded",
-                        job.execution_id, attempt)
+            log.warning(
+                "execution %s attempt %s: row moved on; result discarded", job.execution_id, attempt
+            )
             events.close()
             return
         events.close(final.status, error=final.error, response=fields.get("response"))
@@ -176,13 +204,18 @@ def _argv(job: Job) -> list[str]:
     return argv
 
 
-def judge(job: Job, outcome: RunOutcome | str, parsed: Any, reason: str | None
-          ) -> tuple[ExecutionStatus, dict[str, Any]]:
+def judge(
+    job: Job, outcome: RunOutcome | str, parsed: Any, reason: str | None
+) -> tuple[ExecutionStatus, dict[str, Any]]:
     """Turn a run's outcome and parsed stream into a terminal status and row fields."""
     fields: dict[str, Any] = {
-        "response": parsed.response, "model_used": parsed.model_used, "cost": parsed.cost,
-        "input_tokens": parsed.input_tokens, "output_tokens": parsed.output_tokens,
-        "num_turns": parsed.num_turns, "claude_session_id": parsed.session_id,
+        "response": parsed.response,
+        "model_used": parsed.model_used,
+        "cost": parsed.cost,
+        "input_tokens": parsed.input_tokens,
+        "output_tokens": parsed.output_tokens,
+        "num_turns": parsed.num_turns,
+        "claude_session_id": parsed.session_id,
     }
     if isinstance(outcome, str):
         return ExecutionStatus.failed, {**fields, "error": outcome}
@@ -230,11 +263,15 @@ class _Watch(threading.Thread):
     def beat(self) -> None:
         """One heartbeat: the lease every time (it fences), the row every ROW_EVERY beats."""
         self.beats += 1
-        remaining = self.job.timeout_seconds + self.services.settings.lease_buffer_seconds - (
-            time.monotonic() - self.began)
+        remaining = (
+            self.job.timeout_seconds
+            + self.services.settings.lease_buffer_seconds
+            - (time.monotonic() - self.began)
+        )
         try:
-            if not self.services.slots.renew(self.job.agent_name, self.job.execution_id,
-                                             self.job.max_parallel, remaining):
+            if not self.services.slots.renew(
+                self.job.agent_name, self.job.execution_id, self.job.max_parallel, remaining
+            ):
                 return self.kill("lease")
         except Exception:  # Redis briefly away: the row check below still fences us
             log.warning("lease renewal failed for %s", self.job.execution_id, exc_info=True)

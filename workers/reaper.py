@@ -35,14 +35,20 @@ def redispatch(services: Services) -> list[str]:
     with services.Session.begin() as session:
         rows = session.execute(
             select(Execution.id, Execution.agent_name, Execution.created_at)
-            .where(Execution.status == ExecutionStatus.pending.value,
-                   Execution.dispatched_at <= cutoff)
-            .order_by(Execution.created_at).limit(BATCH).with_for_update(skip_locked=True)
+            .where(
+                Execution.status == ExecutionStatus.pending.value, Execution.dispatched_at <= cutoff
+            )
+            .order_by(Execution.created_at)
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
         ).all()
         lost = [r for r in rows if not _known_to_redis(services, r.agent_name, r.id)]
         if lost:
-            session.execute(update(Execution).where(Execution.id.in_([r.id for r in lost]))
-                            .values(dispatched_at=utcnow()))
+            session.execute(
+                update(Execution)
+                .where(Execution.id.in_([r.id for r in lost]))
+                .values(dispatched_at=utcnow())
+            )
     for row in lost:
         try:
             services.slots.enqueue(row.agent_name, row.id, submitted_us(row.created_at))
@@ -68,31 +74,56 @@ def fail_lost(services: Services) -> list[str]:
     with services.Session.begin() as session:
         rows = session.execute(
             select(Execution.id, Execution.agent_name, Execution.attempt)
-            .where(Execution.status == ExecutionStatus.running.value,
-                   Execution.started_at < grace,
-                   or_(Execution.heartbeat_at.is_(None), Execution.heartbeat_at < grace))
-            .limit(BATCH).with_for_update(skip_locked=True)
+            .where(
+                Execution.status == ExecutionStatus.running.value,
+                Execution.started_at < grace,
+                or_(Execution.heartbeat_at.is_(None), Execution.heartbeat_at < grace),
+            )
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
         ).all()
-        lost = [(eid, attempt) for eid, agent, attempt in rows
-                if services.redis.zscore(keys.slots(agent), eid) is None]
+        lost = [
+            (eid, attempt)
+            for eid, agent, attempt in rows
+            if services.redis.zscore(keys.slots(agent), eid) is None
+        ]
         for eid, attempt in lost:
             _fail(services, session, eid, attempt)
     for eid, _ in lost:
-        events.emit(services.redis, eid, [events.status_event(
-            events.last_event_id(services.redis, eid) + 1, ExecutionStatus.failed.value,
-            error=WORKER_LOST)], final=True)
+        events.emit(
+            services.redis,
+            eid,
+            [
+                events.status_event(
+                    events.last_event_id(services.redis, eid) + 1,
+                    ExecutionStatus.failed.value,
+                    error=WORKER_LOST,
+                )
+            ],
+            final=True,
+        )
     return [eid for eid, _ in lost]
 
 
 def _fail(services: Services, session: Session, execution_id: str, attempt: int) -> None:
     session.execute(
         update(Execution)
-        .where(Execution.id == execution_id, Execution.attempt == attempt,
-               Execution.status == ExecutionStatus.running.value)
-        .values(status=ExecutionStatus.failed.value, error=WORKER_LOST, completed_at=utcnow()))
+        .where(
+            Execution.id == execution_id,
+            Execution.attempt == attempt,
+            Execution.status == ExecutionStatus.running.value,
+        )
+        .values(status=ExecutionStatus.failed.value, error=WORKER_LOST, completed_at=utcnow())
+    )
     lines = events.stream_lines(services.redis, execution_id)
-    session.merge(Transcript(execution_id=execution_id, content="\n".join(lines),
-                             line_count=len(lines), truncated=False))
+    session.merge(
+        Transcript(
+            execution_id=execution_id,
+            content="\n".join(lines),
+            line_count=len(lines),
+            truncated=False,
+        )
+    )
 
 
 def promote(services: Services) -> list[str]:
@@ -114,12 +145,16 @@ def sweep(services: Services) -> dict[str, list[str]]:
     """One pass of every reaper duty (after rebuilding Redis state if Redis lost it)."""
     if not ensure_epoch(services):
         return {}
-    return {"failed": fail_lost(services), "promoted": promote(services),
-            "redispatched": redispatch(services)}
+    return {
+        "failed": fail_lost(services),
+        "promoted": promote(services),
+        "redispatched": redispatch(services),
+    }
 
 
-def run_forever(services: Services, interval_seconds: float = 2.0,
-                stop: threading.Event | None = None) -> None:
+def run_forever(
+    services: Services, interval_seconds: float = 2.0, stop: threading.Event | None = None
+) -> None:
     """Sweep every `interval_seconds` until `stop` is set; errors are logged, never fatal."""
     stop = stop or threading.Event()
     while not stop.is_set():

@@ -11,8 +11,6 @@ That signal fires when the *thread* that forked the agent exits: call
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import os
 import select
 import signal
@@ -25,12 +23,13 @@ from subprocess import Popen
 from threading import Thread
 from typing import IO
 
+from shared.linux import death_pact
+
 CHUNK_BYTES = 65_536
 STDERR_TAIL_BYTES = 8_192
 POLL_SECONDS = 0.02  #: how often the watcher checks the process, stop event and deadline
 PIPE_POLL_MS = 100  #: how often a pipe reader checks whether it was told to give up
 DRAIN_SECONDS = 2.0  #: how long to wait for EOF on the pipes once the group is dead
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -188,30 +187,6 @@ def _close(pipe: IO[bytes]) -> None:
         pipe.close()
 
 
-@functools.cache
-def _prctl() -> Callable[..., int] | None:
-    """Return libc's prctl, or None where there is no such thing."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
-    except (OSError, AttributeError):
-        return None
-
-
-def _death_pact() -> Callable[[], None] | None:
-    """Build the pre-exec hook that makes the agent die with its parent."""
-    prctl = _prctl()
-    if prctl is None:
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the pact was made
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return hook
-
-
 def _spawn(argv: list[str], workdir: str | None, env: Mapping[str, str] | None) -> Popen[bytes]:
     return Popen(
         argv,
@@ -222,7 +197,7 @@ def _spawn(argv: list[str], workdir: str | None, env: Mapping[str, str] | None) 
         cwd=workdir,
         env=None if env is None else {**os.environ, **env},
         start_new_session=True,
-        preexec_fn=_death_pact(),  # noqa: PLW1509 - only prctl, which is async-signal-safe
+        preexec_fn=death_pact(),  # noqa: PLW1509 - only prctl, which is async-signal-safe
     )
 
 
