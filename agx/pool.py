@@ -20,7 +20,7 @@ SCAN_SECONDS = 0.5  #: how often orphans are looked for
 
 def _children() -> list[int]:
     """Pids whose parent is this process (read from /proc; empty where there is none)."""
-    me, found = os.getpid(), []
+    me, found = os.getpid(), list[int]()
     try:
         names = os.listdir("/proc")
     except OSError:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, and_, or_, select, tuple_
+from sqlalchemy import ColumnElement, Select, and_, or_, select, tuple_
 
 from api.context import principal, require_agent_visible, services
 from api.serialize import execution_dict
@@ -93,7 +93,7 @@ def _page(query: ListQuery) -> dict[str, Any]:
 
 def _filtered(stmt: Select[Any], query: ListQuery) -> Select[Any]:
     who = principal()
-    conditions = []
+    conditions: list[ColumnElement[bool]] = []
     if not who.is_admin:
         conditions.append(Execution.agent_name.in_(who.agents))
     if query.agent:

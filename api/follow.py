@@ -33,13 +33,12 @@ def follow(
                 if is_terminal(event):
                     return
             sub.clear_lag()
-            for event in _live(sub, last, keepalive_seconds):
-                if event is KEEPALIVE:
-                    yield KEEPALIVE
+            for live in _live(sub, last, keepalive_seconds):
+                yield live
+                if live is KEEPALIVE:
                     break  # re-check stream and row now and then
-                yield event
-                last = event["id"]
-                if is_terminal(event):
+                last = live["id"]
+                if is_terminal(live):
                     return
     finally:
         hub.unsubscribe(sub)

@@ -15,7 +15,7 @@ M = TypeVar("M", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def field_name(error: dict[str, Any]) -> str:
+def field_name(error: Any) -> str:
     """Dotted path of the offending field from a pydantic error."""
     return ".".join(str(p) for p in error.get("loc", ())) or "body"
 

@@ -57,13 +57,13 @@ def read_stream(
     client: redis.Redis, execution_id: str, after: int, count: int = 1000
 ) -> list[dict[str, Any]]:
     """Events with id > after from the stream (empty when none, or the stream is gone)."""
-    entries = client.xrange(keys.events_stream(execution_id), f"(0-{after}", "+", count=count)
+    entries: Any = client.xrange(keys.events_stream(execution_id), f"(0-{after}", "+", count=count)
     return [json.loads(fields[b"e"]) for _, fields in entries]
 
 
 def last_event_id(client: redis.Redis, execution_id: str) -> int:
     """The id of the newest event in the stream, 0 when none."""
-    entries = client.xrevrange(keys.events_stream(execution_id), count=1)
+    entries: Any = client.xrevrange(keys.events_stream(execution_id), count=1)
     return int(entries[0][0].split(b"-")[1]) if entries else 0
 
 

@@ -65,7 +65,7 @@ def rebuild(services: Services) -> None:
     pipe = services.redis.pipeline(transaction=False)
     for eid, agent, started_at, own_timeout, agent_timeout in running:
         left = (
-            started_at
+            (started_at or utcnow())
             + timedelta(seconds=(own_timeout or agent_timeout) + settings.lease_buffer_seconds)
         ) - utcnow()
         cap = now_ms + max(0, int(left.total_seconds() * 1000))

@@ -70,7 +70,7 @@ class Settings:
         ):
             raw = env.get("AGX_" + name.upper())
             if raw:
-                settings = replace(settings, **{name: float(raw)})
+                settings = replace(settings, **{name: float(raw)})  # type: ignore[arg-type]
         return settings
 
     @property

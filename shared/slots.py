@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from pathlib import Path
 
 import redis
@@ -95,12 +96,10 @@ class Slots:
 
     def position(self, agent: str, execution_id: str) -> int | None:
         """1-based place in the agent's waiting list, or None when not waiting."""
-        rank = self.client.zrank(keys.waiting(agent), execution_id)
+        rank: Any = self.client.zrank(keys.waiting(agent), execution_id)
         return None if rank is None else int(rank) + 1
 
     def holders(self, agent: str) -> list[str]:
         """Execution ids holding a lease for the agent (lapsed ones included until purged)."""
-        return [
-            m.decode() if isinstance(m, bytes) else m
-            for m in self.client.zrange(keys.slots(agent), 0, -1)
-        ]
+        members: Any = self.client.zrange(keys.slots(agent), 0, -1)
+        return [m.decode() if isinstance(m, bytes) else m for m in members]

@@ -11,7 +11,7 @@ target_metadata = Base.metadata
 
 def run_migrations_online() -> None:
     """Run migrations with a short-lived connection, holding an advisory lock."""
-    engine = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool)
     with engine.connect() as connection:
         # Several processes may start at once (agx up, replicas): one migrates at a time.
         connection.exec_driver_sql("SELECT pg_advisory_lock(727274)")
