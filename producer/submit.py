@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from shared.errors import InvalidField, NotFound, QueueFull
 from shared.models import Agent, Execution, utcnow
@@ -28,7 +30,7 @@ class Submitted:
 
     execution: Execution
     queue_position: int | None
-    published: bool
+    published: bool | None  #: None: it waits for a slot; the release that frees one sends it
 
 
 def validate_message(message: object, field: str = "message") -> str:
@@ -62,7 +64,8 @@ def validate_timeout(timeout: object, agent: Agent, field: str = "timeout_second
     return timeout
 
 
-def _check_queue_limit(session, agent: Agent) -> None:
+def _check_queue_limit(session: Session, agent: Agent) -> int:
+    """Refuse beyond max_parallel_tasks + queue_limit in flight; returns the in-flight count."""
     in_flight = session.scalar(
         select(func.count())
         .select_from(Execution)
@@ -73,6 +76,7 @@ def _check_queue_limit(session, agent: Agent) -> None:
             f"agent '{agent.name}' has {agent.queue_limit} executions waiting (queue_limit); "
             "try again when some have finished"
         )
+    return int(in_flight or 0)
 
 
 def submit_execution(
@@ -100,7 +104,7 @@ def submit_execution(
         if agent is None:
             raise NotFound(f"agent '{agent_name}' does not exist")
         timeout = validate_timeout(timeout_seconds, agent)
-        _check_queue_limit(session, agent)
+        in_flight = _check_queue_limit(session, agent)
         now = utcnow()
         execution = Execution(
             agent_name=agent.name,
@@ -115,27 +119,38 @@ def submit_execution(
             parent_execution_id=parent_execution_id,
             resume_session_id=resume_session_id,
             created_at=now,
+            queued_at=now if in_flight >= agent.max_parallel_tasks else None,
             dispatched_at=now,
             attempt=0,
         )
         session.add(execution)
         max_parallel = agent.max_parallel_tasks
-    position = _enqueue(services, execution, max_parallel)
-    return Submitted(execution, position, publish_or_defer(services, execution.id))
+    position, published = _enqueue_and_publish(services, execution, max_parallel)
+    return Submitted(execution, position, published)
 
 
-def _enqueue(services: Services, execution: Execution, max_parallel: int) -> int | None:
-    """Take the execution's FIFO place now, so workers admit in submission order."""
+def _enqueue_and_publish(
+    services: Services, execution: Execution, max_parallel: int
+) -> tuple[int | None, bool | None]:
+    """Take the FIFO place; publish only if a slot is free now (a release publishes the rest).
+
+    Returns (queue position or None, published: True/False, or None when not needed yet).
+    """
+    agent, eid = execution.agent_name, execution.id
     try:
-        place = services.slots.enqueue(
-            execution.agent_name, execution.id, submitted_us(execution.created_at)
+        position, fits = services.slots.enqueue(
+            agent, eid, submitted_us(execution.created_at), max_parallel
         )
-    except Exception:  # Redis away: the worker's admission script places it instead
-        log.warning("could not enqueue %s in Redis", execution.id, exc_info=True)
-        return None
-    holders = len(services.slots.holders(execution.agent_name))
-    waiting_for = place - max(0, max_parallel - holders)
-    return waiting_for if waiting_for > 0 else None
+    except Exception:  # Redis away: publish anyway; the worker's admission places it
+        log.warning("could not enqueue %s in Redis", eid, exc_info=True)
+        position, fits = 0, True
+    if not fits:
+        return position, None
+    published = publish_or_defer(services, eid)
+    if not published:
+        with contextlib.suppress(Exception):  # then the reaper's promotion sends it
+            services.slots.forget_notice(agent, eid)
+    return None, published
 
 
 def publish_or_defer(services: Services, execution_id: str) -> bool:

@@ -20,6 +20,11 @@ def waiting(agent: str) -> str:
     return f"{PREFIX}:wait:{{{agent}}}"
 
 
+def notified(agent: str) -> str:
+    """ZSET member=execution_id score=ms a message for it was sent: no duplicate promotions."""
+    return f"{PREFIX}:notified:{{{agent}}}"
+
+
 def epoch() -> str:
     """STRING set once per Redis lifetime; its absence means Redis lost its data."""
     return f"{PREFIX}:epoch"

@@ -140,12 +140,12 @@ class Schedule(Base):
     """A cron schedule that submits executions of an agent."""
 
     __tablename__ = "schedules"
-    __table_args__ = (
-        CheckConstraint("overlap IN ('skip','queue','allow')", name="overlap_valid"),
-    )
+    __table_args__ = (CheckConstraint("overlap IN ('skip','queue','allow')", name="overlap_valid"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    agent_name: Mapped[str] = mapped_column(ForeignKey("agents.name", ondelete="CASCADE"), index=True)
+    agent_name: Mapped[str] = mapped_column(
+        ForeignKey("agents.name", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(200))
     cron: Mapped[str] = mapped_column(String(200))
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
@@ -193,3 +193,35 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(8), default="admin")
     agents: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScheduleFire(Base):
+    """One due time of a schedule and what became of it; the unique key admits one record."""
+
+    __tablename__ = "schedule_fires"
+    __table_args__ = (
+        CheckConstraint(
+            "outcome IN ('claimed','submitted','skipped','missed','failed')",
+            name="fire_outcome_valid",
+        ),
+        UniqueConstraint("schedule_id", "scheduled_for", name="one_record_per_due_time"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    schedule_id: Mapped[str] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    scheduled_for: Mapped[datetime] = mapped_column()
+    #: claimed (being submitted) | submitted | skipped | missed | failed
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    execution_id: Mapped[str | None] = mapped_column(String(32))
+    scheduler_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+# Claims left behind by a scheduler that died are found by this small partial index.
+Index(
+    "ix_schedule_fires_claimed",
+    ScheduleFire.updated_at,
+    postgresql_where=ScheduleFire.outcome == "claimed",
+)

@@ -31,8 +31,15 @@ class Admission:
 class Slots:
     """Slot leases (invariants 3-5): acquire or park, renew, release and promote."""
 
-    def __init__(self, client: redis.Redis, lease_seconds: float, buffer_seconds: float = 300.0):
+    def __init__(
+        self,
+        client: redis.Redis,
+        lease_seconds: float,
+        buffer_seconds: float = 300.0,
+        renotify_seconds: float = 10.0,
+    ):
         self.client = client
+        self.renotify_ms = int(renotify_seconds * 1000)
         self.lease_ms = int(lease_seconds * 1000)
         self.buffer_ms = int(buffer_seconds * 1000)
         self._enqueue = client.register_script((_LUA / "enqueue.lua").read_text())
@@ -40,14 +47,28 @@ class Slots:
         self._release = client.register_script((_LUA / "release.lua").read_text())
         self._renew = client.register_script((_LUA / "renew.lua").read_text())
 
-    def enqueue(self, agent: str, execution_id: str, submitted_us: int) -> int:
-        """Place a new submission in the agent's FIFO; returns its 1-based position."""
-        return int(
-            self._enqueue(
-                keys=[keys.waiting(agent), keys.agents_index()],
-                args=[execution_id, submitted_us, agent],
-            )
+    def enqueue(
+        self, agent: str, execution_id: str, submitted_us: int, max_parallel: int
+    ) -> tuple[int, bool]:
+        """Place a new submission in the agent's FIFO: (queue position, fits a free slot now).
+
+        Only a submission that fits now needs a message; the others are published by the
+        release that makes room for them.
+        """
+        position, fits = self._enqueue(
+            keys=[
+                keys.waiting(agent),
+                keys.agents_index(),
+                keys.slots(agent),
+                keys.notified(agent),
+            ],
+            args=[execution_id, submitted_us, agent, max_parallel],
         )
+        return int(position), bool(fits)
+
+    def forget_notice(self, agent: str, execution_id: str) -> None:
+        """Its message could not be sent: let the next release or reaper sweep send one."""
+        self.client.zrem(keys.notified(agent), execution_id)
 
     def acquire(
         self,
@@ -66,6 +87,7 @@ class Slots:
                 keys.waiting(agent),
                 keys.agents_index(),
                 keys.epoch(),
+                keys.notified(agent),
             ],
             args=[execution_id, agent, max_parallel, self.lease_ms, cap_ms, submitted_us],
         )
@@ -85,8 +107,13 @@ class Slots:
     def release(self, agent: str, execution_id: str, max_parallel: int) -> list[str]:
         """Drop this execution's lease or waiting entry; return the waiters that now fit."""
         heads = self._release(
-            keys=[keys.slots(agent), keys.lease_caps(agent), keys.waiting(agent)],
-            args=[execution_id, max_parallel],
+            keys=[
+                keys.slots(agent),
+                keys.lease_caps(agent),
+                keys.waiting(agent),
+                keys.notified(agent),
+            ],
+            args=[execution_id, max_parallel, self.renotify_ms],
         )
         return [h.decode() if isinstance(h, bytes) else h for h in heads]
 

@@ -318,3 +318,25 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path)
     yield server
     server.stop()
+
+
+def queued_messages(settings: Settings) -> int:
+    """Messages waiting in the executions queue of the test's broker."""
+    url = settings.effective_broker_url
+    if url.startswith("amqp"):
+        import pika
+
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+        try:
+            return int(
+                conn.channel()
+                .queue_declare(settings.queue, durable=True, passive=True)
+                .method.message_count
+            )
+        finally:
+            conn.close()
+    client = redis_lib.Redis.from_url(url)
+    try:
+        return int(client.llen(f"agx-dramatiq:{settings.queue}"))
+    finally:
+        client.close()

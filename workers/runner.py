@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import subprocess
 import threading
@@ -187,7 +188,17 @@ def _close(pipe: IO[bytes]) -> None:
         pipe.close()
 
 
+#: util-linux's setpriv sets the parent-death signal without a preexec_fn (which would make
+#: every spawn a full fork of the worker instead of a vfork).
+_SETPRIV = shutil.which("setpriv")
+
+
 def _spawn(argv: list[str], workdir: str | None, env: Mapping[str, str] | None) -> Popen[bytes]:
+    merged = None if env is None else {**os.environ, **env}
+    preexec = death_pact()
+    if _SETPRIV is not None:
+        _resolve(argv[0], merged, workdir)  # a missing program still raises, as with exec
+        argv, preexec = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv], None
     return Popen(
         argv,
         stdin=subprocess.PIPE,
@@ -195,10 +206,20 @@ def _spawn(argv: list[str], workdir: str | None, env: Mapping[str, str] | None) 
         stderr=subprocess.PIPE,  # kept apart: merged into stdout it would break the JSON lines
         bufsize=0,
         cwd=workdir,
-        env=None if env is None else {**os.environ, **env},
+        env=merged,
         start_new_session=True,
-        preexec_fn=death_pact(),  # noqa: PLW1509 - only prctl, which is async-signal-safe
+        preexec_fn=preexec,  # noqa: PLW1509 - only prctl, which is async-signal-safe
     )
+
+
+def _resolve(program: str, env: Mapping[str, str] | None, workdir: str | None) -> None:
+    """Raise FileNotFoundError when `program` is not an executable that exec would find."""
+    if os.sep in program:
+        path = os.path.join(workdir or ".", program)
+        if not os.access(path, os.X_OK) or os.path.isdir(path):
+            raise FileNotFoundError(2, "No such file or directory", program)
+    elif shutil.which(program, path=(env or os.environ).get("PATH")) is None:
+        raise FileNotFoundError(2, "No such file or directory", program)
 
 
 def _has_exited(pid: int) -> bool:
@@ -216,16 +237,32 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 def _watch(pid: int, deadline: float, stop: threading.Event, failed: threading.Event) -> str:
     """Wait until the leader exits, the deadline passes, stop is set or failed is set."""
-    while not _has_exited(pid):
-        if failed.is_set():
-            return "failed"
-        if stop.is_set():
-            return "stopped"
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return "timeout"
-        stop.wait(min(POLL_SECONDS, left))
-    return "exited"
+    pidfd = _pidfd(pid)
+    try:
+        while not _has_exited(pid):
+            if failed.is_set():
+                return "failed"
+            if stop.is_set():
+                return "stopped"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "timeout"
+            if pidfd is None:
+                stop.wait(min(POLL_SECONDS, left))
+            else:  # wakes the moment the agent exits, so its slot is freed at once
+                select.select([pidfd], [], [], min(POLL_SECONDS, left))
+        return "exited"
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pollable handle on the process (Linux 5.3+), or None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def run_agent(

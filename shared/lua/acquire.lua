@@ -4,6 +4,7 @@
 -- KEYS[3] waiting  ZSET  execution_id -> submission time (us): FIFO order
 -- KEYS[4] agents   SET   agent names known to the reaper
 -- KEYS[5] epoch    STRING present once Redis state was rebuilt from PostgreSQL
+-- KEYS[6] notified ZSET  execution_id -> ms when a message for it was last sent
 -- ARGV[1] execution_id   ARGV[2] agent name   ARGV[3] max_parallel
 -- ARGV[4] lease_ms       ARGV[5] cap_ms (lease lifetime cap from now)
 -- ARGV[6] submission time (us), the execution's place in the FIFO
@@ -23,6 +24,8 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 
 if redis.call('ZSCORE', KEYS[1], id) then return {1, 0} end
 
+-- This message arrived: a later release may notify this execution again.
+redis.call('ZREM', KEYS[6], id)
 -- Everyone submitted earlier waits in the list already (the producer put them there).
 redis.call('ZADD', KEYS[3], 'NX', ARGV[6], id)
 local free = tonumber(ARGV[3]) - redis.call('ZCARD', KEYS[1])

@@ -1,10 +1,13 @@
 -- Release an execution's own lease (and drop it from the waiting list), then name the waiters
--- that may now be admitted.
+-- that may now be admitted and have no message on its way (each is published once, not once
+-- per release: duplicates would multiply).
 -- KEYS[1] slots    ZSET  execution_id -> lease expiry ms
 -- KEYS[2] caps     HASH  execution_id -> hard lease cap ms
--- KEYS[3] waiting  ZSET  execution_id -> arrival sequence
+-- KEYS[3] waiting  ZSET  execution_id -> submission time (us)
+-- KEYS[4] notified ZSET  execution_id -> ms when a message for it was last sent
 -- ARGV[1] execution_id ('' to release nothing)   ARGV[2] max_parallel
--- Returns the execution ids at the head of the waiting list that fit in the free slots.
+-- ARGV[3] ms after which a notified head counts as lost and is named again
+-- Returns the execution ids to publish.
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -12,10 +15,20 @@ if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
 end
 local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 for _, member in ipairs(lapsed) do redis.call('HDEL', KEYS[2], member) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local free = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
 if free <= 0 then return {} end
-return redis.call('ZRANGE', KEYS[3], 0, free - 1)
+local heads = redis.call('ZRANGE', KEYS[3], 0, free - 1)
+local send = {}
+for _, id in ipairs(heads) do
+  local sent = redis.call('ZSCORE', KEYS[4], id)
+  if not sent or tonumber(sent) <= now - tonumber(ARGV[3]) then
+    redis.call('ZADD', KEYS[4], now, id)
+    table.insert(send, id)
+  end
+end
+return send
