@@ -273,14 +273,14 @@ class Side:
         Ctrl-C and SIGTERM are held off meanwhile, so a second one cannot cut the cleanup.
         """
         held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
             if self.proc is not None:
                 procs.stop(self.proc, grace_seconds=10)
                 self.proc = None
             kill_agents(self.record)
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
     def _one(self, message: str) -> Run:
         submitted = time.time()
@@ -443,7 +443,7 @@ class AgxSide(Side):
         from producer.submit import submit_execution
 
         submitted = submit_execution(self.services, AGENT_NAME, message)
-        if not submitted.published:
+        if submitted.published is False:  # None: parked, published by the release that frees a slot
             raise RuntimeError(f"publish failed for {submitted.execution.id}")
         return submitted.execution.id
 
@@ -636,6 +636,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    """First Ctrl-C/SIGTERM/SIGHUP: unwind (cleanup runs in `finally`); later ones are ignored."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -644,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = uuid.uuid4().hex[:8]
     workdir = Path(tempfile.mkdtemp(prefix="agx-bench-"))
     # SIGTERM/SIGHUP unwind like Ctrl-C, so every `finally` below stops its workers.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # even if started ignored
         signal.signal(sig, _interrupt)
     ensure_database(args.db_url)
     sides: list[Side] = []
@@ -659,19 +662,32 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             results.append(side.run())
             print(f"[{side.name}] done in {time.monotonic() - t0:.1f} s", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: stopping workers and deleting the bench queues", file=sys.stderr)
+        return 130
     finally:
-        for side in sides:
-            side.stop_workers()
-        try:
-            delete_queues(args.amqp_url, [s.queue() for s in sides])
-        except Exception as exc:  # noqa: BLE001 - best effort
-            print(f"could not delete bench queues: {exc}", file=sys.stderr)
-        if not args.keep_logs:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
+        cleanup(args, sides, workdir)
     report(results, args)
     return 0
+
+
+def cleanup(args: argparse.Namespace, sides: list[Side], workdir: Path) -> None:
+    """Stop every pool, delete the queues and the temp dir; signals wait until it is done."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    for side in sides:
+        side.stop_workers()
+    try:
+        delete_queues(args.amqp_url, [s.queue() for s in sides])
+    except Exception as exc:  # noqa: BLE001 - best effort
+        print(f"could not delete bench queues: {exc}", file=sys.stderr)
+    if not args.keep_logs:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    for sig in held:  # whatever arrived meanwhile is moot now
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,21 @@ LOCK_SECONDS = 60  #: how long one rebuilder holds the rebuild lock at most
 
 
 def ensure_epoch(services: Services) -> bool:
-    """Rebuild if Redis lost its data; returns True when Redis is ready for admission."""
+    """Rebuild if Redis lost its data (or wait for whoever rebuilds); True once it is ready."""
     client = services.redis
-    if client.exists(keys.epoch()):
-        return True
+    deadline = time.monotonic() + LOCK_SECONDS
     token = str(time.time())
-    if not client.set(keys.rebuild_lock(), token, nx=True, ex=LOCK_SECONDS):
-        return False  # someone else is rebuilding; the caller parks and is promoted later
+    while not client.exists(keys.epoch()):
+        if client.set(keys.rebuild_lock(), token, nx=True, ex=LOCK_SECONDS):
+            return _rebuild_holding(services, token)
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)  # someone else is rebuilding: only right after a Redis restart
+    return True
+
+
+def _rebuild_holding(services: Services, token: str) -> bool:
+    client = services.redis
     try:
         rebuild(services)
         client.set(keys.epoch(), utcnow().isoformat())
