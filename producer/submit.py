@@ -66,17 +66,20 @@ def validate_timeout(timeout: object, agent: Agent, field: str = "timeout_second
 
 def _check_queue_limit(session: Session, agent: Agent) -> int:
     """Refuse beyond max_parallel_tasks + queue_limit in flight; returns the in-flight count."""
-    in_flight = session.scalar(
-        select(func.count())
-        .select_from(Execution)
-        .where(Execution.agent_name == agent.name, Execution.status.in_(_IN_FLIGHT))
+    in_flight = (
+        session.scalar(
+            select(func.count())
+            .select_from(Execution)
+            .where(Execution.agent_name == agent.name, Execution.status.in_(_IN_FLIGHT))
+        )
+        or 0
     )
     if in_flight >= agent.max_parallel_tasks + agent.queue_limit:
         raise QueueFull(
             f"agent '{agent.name}' has {agent.queue_limit} executions waiting (queue_limit); "
             "try again when some have finished"
         )
-    return int(in_flight or 0)
+    return int(in_flight)
 
 
 def submit_execution(

@@ -14,13 +14,14 @@ from shared.settings import normalize_database_url
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str, pool_size: int = 10) -> Engine:
+def make_engine(url: str, pool_size: int = 10, pre_ping: bool = True) -> Engine:
     """Create an engine for a PostgreSQL URL in any accepted form."""
     return create_engine(
         normalize_database_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
+        pool_recycle=1800,
         future=True,
     )
 

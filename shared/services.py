@@ -23,13 +23,16 @@ class Services:
 
     settings: Settings
     pool_size: int = 10
+    #: ping each pooled connection before use (survives a PostgreSQL restart at one round trip
+    #: per transaction; workers turn it off and let the reaper recover what a broken one fails)
+    pre_ping: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @cached_property
     def engine(self) -> Engine:
         """The SQLAlchemy engine."""
         assert self.settings.database_url, "AGX_DATABASE_URL is not set"
-        return make_engine(self.settings.database_url, self.pool_size)
+        return make_engine(self.settings.database_url, self.pool_size, self.pre_ping)
 
     @cached_property
     def Session(self) -> sessionmaker[Session]:  # noqa: N802 - it is a session factory

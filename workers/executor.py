@@ -7,10 +7,13 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from shared.events import EventWriter
 from shared.models import Agent, Execution, Transcript
@@ -26,6 +29,7 @@ from workers.runner import RunOutcome, run_agent
 from workers.stream_json import parser_for
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_STORED_BYTES = 64 * 1024 * 1024  #: transcript bytes kept per execution, then a marker
 ROW_EVERY = 3  #: heartbeats between writes of heartbeat_at (the lease is renewed every beat)
@@ -75,11 +79,15 @@ class Executor:
         if admission.needs_rebuild:
             return  # another process is rebuilding Redis; it promotes the waiters after
         if not admission.admitted:
-            with self.services.Session.begin() as session:
-                lifecycle.mark_queued(session, job.execution_id)
+            self._transaction(lambda s: lifecycle.mark_queued(s, job.execution_id))
             return
-        with self.services.Session.begin() as session:
-            attempt = lifecycle.claim(session, job.execution_id, self.worker_id)
+        try:
+            attempt = self._transaction(
+                lambda s: lifecycle.claim(s, job.execution_id, self.worker_id)
+            )
+        except BaseException:
+            self._release(job)
+            raise
         if attempt is None:  # cancelled meanwhile, or a duplicate message lost the race
             again = self._load(execution_id)
             if again is not None and again.status.terminal:
@@ -90,6 +98,18 @@ class Executor:
         except BaseException:
             self._release(job)
             raise
+
+    def _transaction(self, work: Callable[[Session], T]) -> T:
+        """Run `work` in a transaction, once more if the pooled connection had gone stale."""
+        for tries_left in (1, 0):
+            try:
+                with self.services.Session.begin() as session:
+                    return work(session)
+            except DBAPIError as exc:  # PostgreSQL restarted since this connection was pooled
+                if not exc.connection_invalidated or not tries_left:
+                    raise
+                log.warning("database connection was stale; retrying once")
+        raise AssertionError("unreachable")
 
     def _admit(self, job: Job) -> Admission:
         admission = self.services.slots.acquire(
@@ -182,8 +202,9 @@ class Executor:
             line_count=len(transcript),
             truncated=isinstance(outcome, RunOutcome) and outcome.truncated,
         )
-        with self.services.Session.begin() as session:
-            final = lifecycle.finish(session, job.execution_id, attempt, status, fields, row)
+        final = self._transaction(
+            lambda s: lifecycle.finish(s, job.execution_id, attempt, status, fields, row)
+        )
         self._release(job)  # promote the next waiter before anything else
         if final is None:
             log.warning(

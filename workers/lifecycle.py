@@ -57,7 +57,7 @@ def finish(
         .returning(Execution.status, Execution.error)
     ).one_or_none()
     if done is not None and transcript is not None:
-        session.merge(transcript)
+        session.add(transcript)  # first and only write: a stale worker never gets here
     return done
 
 

@@ -13,7 +13,7 @@ from workers.executor import Executor
 
 settings = Settings.from_env().require()
 broker = setup_broker(settings.effective_broker_url)
-services = Services(settings, pool_size=16)
+services = Services(settings, pool_size=16, pre_ping=False)
 services.broker = broker  # publish promotions on the worker's own connection
 executor = Executor(services)
 

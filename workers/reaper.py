@@ -34,13 +34,16 @@ def redispatch(services: Services) -> list[str]:
     cutoff = utcnow() - timedelta(seconds=services.settings.redispatch_after_seconds)
     with services.Session.begin() as session:
         rows = session.execute(
-            select(Execution.id, Execution.agent_name, Execution.created_at)
+            select(
+                Execution.id, Execution.agent_name, Execution.created_at, Agent.max_parallel_tasks
+            )
+            .join(Agent, Agent.name == Execution.agent_name)
             .where(
                 Execution.status == ExecutionStatus.pending.value, Execution.dispatched_at <= cutoff
             )
             .order_by(Execution.created_at)
             .limit(BATCH)
-            .with_for_update(skip_locked=True)
+            .with_for_update(of=Execution, skip_locked=True)
         ).all()
         lost = [r for r in rows if not _known_to_redis(services, r.agent_name, r.id)]
         if lost:
@@ -51,8 +54,11 @@ def redispatch(services: Services) -> list[str]:
             )
     for row in lost:
         try:
-            services.slots.enqueue(row.agent_name, row.id, submitted_us(row.created_at))
-            services.publish(row.id)
+            _, fits = services.slots.enqueue(
+                row.agent_name, row.id, submitted_us(row.created_at), row.max_parallel_tasks
+            )
+            if fits:  # the others are published by the release that makes room for them
+                services.publish(row.id)
         except Exception:
             log.warning("re-dispatch of %s failed; next sweep retries", row.id, exc_info=True)
     return [r.id for r in lost]
