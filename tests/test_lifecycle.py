@@ -1,0 +1,65 @@
+"""Invariants 2 and 5 at their source: compare-and-set writes, and waiters that hold no thread."""
+
+from __future__ import annotations
+
+from producer import submit_execution
+from shared.models import Execution
+from shared.states import ExecutionStatus
+from tests.conftest import statuses, wait_for
+from workers import lifecycle
+
+
+def test_a_terminal_status_never_changes_and_a_stale_attempt_writes_nothing(services, make_agent):
+    make_agent("demo")
+    eid = submit_execution(services, "demo", "cas").execution.id
+    with services.Session.begin() as session:
+        attempt = lifecycle.claim(session, eid, "w1")
+    assert attempt == 1
+    with services.Session.begin() as session:
+        assert lifecycle.claim(session, eid, "w2") is None, "only one claim wins"
+    with services.Session.begin() as session:
+        assert lifecycle.finish(session, eid, attempt + 1, ExecutionStatus.failed, {}) is None
+    with services.Session.begin() as session:
+        written = lifecycle.finish(
+            session, eid, attempt, ExecutionStatus.completed, {"response": "ok"}
+        )
+    assert tuple(written) == ("completed", None)
+    for status in (ExecutionStatus.failed, ExecutionStatus.cancelled):
+        with services.Session.begin() as session:
+            assert lifecycle.finish(session, eid, attempt, status, {"error": "late"}) is None
+    with services.Session() as session:
+        row = session.get(Execution, eid)
+    assert row.status == "completed" and row.response == "ok" and row.error is None
+
+
+def test_a_stop_accepted_before_the_terminal_write_wins_over_completed(
+    client, services, make_agent
+):
+    make_agent("demo")
+    eid = submit_execution(services, "demo", "race").execution.id
+    with services.Session.begin() as session:
+        attempt = lifecycle.claim(session, eid, "w1")
+    assert client.post(f"/api/agents/demo/executions/{eid}/stop").status_code == 202
+    with services.Session.begin() as session:
+        written = lifecycle.finish(
+            session, eid, attempt, ExecutionStatus.completed, {"response": "done anyway"}
+        )
+    assert tuple(written) == ("cancelled", "stopped by request")
+
+
+def test_waiting_executions_hold_no_worker_thread(services, make_agent, processes):
+    """One process with two threads: ten waiters on a busy agent do not starve another agent."""
+    make_agent("busy", max_parallel_tasks=1)
+    make_agent("other")
+    processes.workers(processes=1, threads=2)
+    long = submit_execution(services, "busy", "hog sleep=20").execution.id
+    wait_for(lambda: statuses(services, [long])[long] == "running", 30, message="hog running")
+    waiters = [submit_execution(services, "busy", f"wait {i}").execution.id for i in range(10)]
+    other = submit_execution(services, "other", "quick").execution.id
+    wait_for(
+        lambda: statuses(services, [other])[other] == "completed",
+        15,
+        message="the other agent runs while ten executions wait",
+    )
+    assert set(statuses(services, waiters).values()) == {"pending"}
+    assert services.slots.position("busy", waiters[-1]) == 10
