@@ -46,11 +46,13 @@ RabbitMQ with a fresh queue `agx-stream-<random>` (deleted at the end).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import resource
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -144,14 +146,13 @@ def _marked(tag: str) -> list[int]:
 def kill_marked(tag: str) -> None:
     """SIGKILL any agent of this run still alive (agents run in their own session)."""
     for pid in _marked(tag):
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.05) -> None:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -175,14 +176,14 @@ class Subscriber(threading.Thread):
     def __init__(self, url: str, header: list[str], deadline: float):
         super().__init__(daemon=True)
         self.ws = websocket.create_connection(url, header=header, timeout=30)
-        self.ws.sock.setsockopt(6, 1, 1)  # TCP_NODELAY (we never send, but be explicit)
+        self.sock: socket.socket = self.ws.sock  # type: ignore[assignment]
         self.deadline = deadline
         self.chunks: list[tuple[float, bytes]] = []
         self.ended = False
         self.error: str | None = None
 
     def run(self) -> None:
-        sock = self.ws.sock  # websocket-client read the handshake byte by byte: nothing buffered
+        sock = self.sock  # websocket-client read the handshake byte by byte: nothing buffered
         sock.settimeout(1.0)
         recv, now, chunks = sock.recv, time.time, self.chunks
         tail = b""
@@ -199,17 +200,15 @@ class Subscriber(threading.Thread):
                     self.error = "connection closed before end"
                     return
                 chunks.append((now(), data))
-                if END_MARK in data or END_MARK in tail + data[:len(END_MARK)]:
+                if END_MARK in data or END_MARK in tail + data[: len(END_MARK)]:
                     self.ended = True
                     return
-                tail = data[-len(END_MARK):]
+                tail = data[-len(END_MARK) :]
         except OSError as exc:
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
-            try:
-                self.ws.sock.close()
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                self.sock.close()
 
     def messages(self) -> list[tuple[float, bytes]]:
         """(receive time, payload) of every complete text/binary message."""
@@ -310,8 +309,12 @@ class SideResult:
                     seq, written = _seq_and_time(event["line"])
                     published[seq] = stamp
                     write_to_pub.append(stamp - written)
-        pub_to_client = [recv - published[seq] for c in self.clients
-                         for seq, recv in c.recv_by_seq.items() if seq in published]
+        pub_to_client = [
+            recv - published[seq]
+            for c in self.clients
+            for seq, recv in c.recv_by_seq.items()
+            if seq in published
+        ]
         return write_to_pub, pub_to_client, sizes
 
 
@@ -353,10 +356,11 @@ def analyse(sub: Subscriber, lines: int, first_id: int) -> tuple[ClientFigures, 
         seen = set(ids)
         missing = len(set(expected) - seen)
         dups = len(ids) - len(seen)
-        disorder = sum(1 for a, b in zip(ids, ids[1:]) if b <= a)
+        disorder = sum(1 for a, b in zip(ids, ids[1:], strict=False) if b <= a)
         figures.lost = missing + dups + disorder
         figures.problem = figures.problem or (
-            f"{missing} missing, {dups} duplicated, {disorder} out of order")
+            f"{missing} missing, {dups} duplicated, {disorder} out of order"
+        )
     if end is None or end.get("status") != "completed":
         figures.problem = figures.problem or f"end: {end} ({sub.error or 'no end message'})"
         figures.lost = max(figures.lost, 1)
@@ -455,10 +459,17 @@ class AgxSide(Side):
 
     def env(self) -> dict[str, str]:
         a = self.args
-        return {**os.environ, "AGX_DATABASE_URL": normalize_database_url(a.db_url),
-                "AGX_REDIS_URL": a.redis_url, "AGX_BROKER_URL": a.amqp_url,
-                "AGX_QUEUE": f"agx-stream-{self.tag}", "AGX_HOME": str(self.workdir / "home"),
-                "PYTHONPATH": str(ROOT)}
+        return {
+            **os.environ,
+            "AGX_DATABASE_URL": normalize_database_url(a.db_url),
+            "AGX_REDIS_URL": a.redis_url,
+            "AGX_BROKER_URL": a.amqp_url,
+            "AGX_QUEUE": f"agx-stream-{self.tag}",
+            "AGX_HOME": str(self.workdir / "home"),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+            ),
+        }
 
     def prepare(self) -> tuple[Any, str]:
         from shared.apikeys import create_key
@@ -472,38 +483,52 @@ class AgxSide(Side):
         ensure_database(a.db_url)
         migrate(a.db_url)
         with psycopg.connect(a.db_url, autocommit=True) as conn:
-            conn.execute("TRUNCATE payments, transcripts, executions, schedules, api_keys, "
-                         "agents CASCADE")
+            conn.execute(
+                "TRUNCATE payments, transcripts, executions, schedules, api_keys, agents CASCADE"
+            )
         self.redis.flushdb()  # db 12 is this bench's own
-        settings = Settings.from_env({k: v for k, v in self.env().items()
-                                      if k.startswith("AGX_")})
+        settings = Settings.from_env({k: v for k, v in self.env().items() if k.startswith("AGX_")})
         services = Services(settings, pool_size=2)
         ensure_epoch(services)
         with services.Session.begin() as session:
-            session.add(Agent(name=AGENT_NAME, command=AGENT_ARGV, output="text",
-                              max_parallel_tasks=1, timeout_seconds=900, queue_limit=10,
-                              env={MARK: self.tag}))
+            session.add(
+                Agent(
+                    name=AGENT_NAME,
+                    command=AGENT_ARGV,
+                    output="text",
+                    max_parallel_tasks=1,
+                    timeout_seconds=900,
+                    queue_limit=10,
+                    env={MARK: self.tag},
+                )
+            )
             key = create_key(session, f"bench-{self.tag}")
         return services, key
 
     def run(self) -> SideResult:
-        from shared import keys
         from producer.submit import submit_execution
+        from shared import keys
 
         a = self.args
         services, key = self.prepare()
         tap = None
         try:
             port = free_port()
-            api = self.spawn("api", [sys.executable, "-m", "agx", "api", "--port", str(port)],
-                             self.env())
+            argv = (
+                [x.replace("{port}", str(port)) for x in json.loads(a.api_argv)]
+                if a.api_argv
+                else [sys.executable, "-m", "agx", "api", "--port", str(port)]
+            )
+            api = self.spawn("api", argv, self.env())
             base = f"http://127.0.0.1:{port}"
             wait_until(lambda: _healthy(base), 60, "the API server", 0.1)
-            submitted = submit_execution(services, AGENT_NAME,
-                                         f"lines={a.lines} bytes={a.line_bytes}")
+            submitted = submit_execution(
+                services, AGENT_NAME, f"lines={a.lines} bytes={a.line_bytes}"
+            )
             eid = submitted.execution.id
-            subs = self.subscribe(f"ws://127.0.0.1:{port}/ws/executions/{eid}",
-                                  [f"Authorization: Bearer {key}"])
+            subs = self.subscribe(
+                f"ws://127.0.0.1:{port}/ws/executions/{eid}", [f"Authorization: Bearer {key}"]
+            )
             for sub in subs:
                 sub.start()
             time.sleep(0.5)  # let every handler reach its hub subscription
@@ -519,13 +544,29 @@ class AgxSide(Side):
                 tap.start()
             else:
                 self.cpu_marks["api"] = group_cpu(api.pid)
-            workers.append(self.spawn("workers", [
-                sys.executable, "-m", "agx", "workers", "--processes", str(a.processes),
-                "--threads", str(a.threads)], self.env()))
+            workers.append(
+                self.spawn(
+                    "workers",
+                    [
+                        sys.executable,
+                        "-m",
+                        "agx",
+                        "workers",
+                        "--processes",
+                        str(a.processes),
+                        "--threads",
+                        str(a.threads),
+                    ],
+                    self.env(),
+                )
+            )
             self.await_subscribers(subs)
             cpu_end = {"api": group_cpu(api.pid)}
             # Once reaped, the agent's CPU counts in its worker process's children figures.
-            wait_until(lambda: not _marked(self.tag), 10, "the agent to exit", 0.1)
+            try:
+                wait_until(lambda: not _marked(self.tag), 10, "the agent to exit", 0.1)
+            except TimeoutError as exc:
+                print(f"[agx] {exc}", flush=True)
             cpu_end["worker"] = group_cpu(workers[0].pid)
             if tap:
                 tap.stop.set()
@@ -533,14 +574,15 @@ class AgxSide(Side):
             result = self.collect(subs, tap, first_id=1)
             result.cpu = {"server (api)": cpu_end["api"] - self.cpu_marks.get("api", 0.0)}
             if "worker" in self.cpu_marks:
-                result.cpu["producer (worker+agent)"] = (cpu_end["worker"]
-                                                         - self.cpu_marks["worker"])
+                result.cpu["producer (worker+agent)"] = cpu_end["worker"] - self.cpu_marks["worker"]
             with services.Session() as session:
                 from shared.models import Execution
 
                 row = session.get(Execution, eid)
-                result.notes.append(f"execution {eid}: {row.status}, attempt {row.attempt}"
-                                    + (f", error {row.error}" if row.error else ""))
+                result.notes.append(
+                    f"execution {eid}: {row.status}, attempt {row.attempt}"
+                    + (f", error {row.error}" if row.error else "")
+                )
             if any(not c.ok for c in result.clients):
                 result.notes.append(self.logs())
             return result
@@ -587,14 +629,31 @@ class BareSide(Side):
         tap = None
         try:
             port = free_port()
-            relay = self.spawn("relay", [sys.executable, str(PEER), "relay", "--port", str(port),
-                                         "--redis-url", a.redis_url, "--channel", channel], env)
+            relay = self.spawn(
+                "relay",
+                [
+                    sys.executable,
+                    str(PEER),
+                    "relay",
+                    "--port",
+                    str(port),
+                    "--redis-url",
+                    a.redis_url,
+                    "--channel",
+                    channel,
+                ],
+                env,
+            )
             wait_until(lambda: self.redis.get(channel + ":relay"), 30, "the relay", 0.05)
             subs = self.subscribe(f"ws://127.0.0.1:{port}/", [])
             for sub in subs:
                 sub.start()
-            wait_until(lambda: int(self.redis.get(channel + ":clients") or 0) >= len(subs), 30,
-                       "the relay to register every client", 0.01)
+            wait_until(
+                lambda: int(self.redis.get(channel + ":clients") or 0) >= len(subs),
+                30,
+                "the relay to register every client",
+                0.01,
+            )
             publisher: list[subprocess.Popen[bytes]] = []
 
             def first_batch() -> None:
@@ -607,24 +666,39 @@ class BareSide(Side):
                 self.cpu_marks["relay"] = group_cpu(relay.pid)
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             self.children_cpu0 = usage.ru_utime + usage.ru_stime
-            publisher.append(self.spawn("publisher", [
-                sys.executable, str(PEER), "publish", "--redis-url", a.redis_url,
-                "--channel", channel, "--argv", json.dumps(AGENT_ARGV),
-                "--message", f"lines={a.lines} bytes={a.line_bytes}"], env))
+            publisher.append(
+                self.spawn(
+                    "publisher",
+                    [
+                        sys.executable,
+                        str(PEER),
+                        "publish",
+                        "--redis-url",
+                        a.redis_url,
+                        "--channel",
+                        channel,
+                        "--argv",
+                        json.dumps(AGENT_ARGV),
+                        "--message",
+                        f"lines={a.lines} bytes={a.line_bytes}",
+                    ],
+                    env,
+                )
+            )
             self.await_subscribers(subs)
             relay_cpu = group_cpu(relay.pid)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 publisher[0].wait(30)  # reaped here: its CPU (and its agent's) is ours now
-            except subprocess.TimeoutExpired:
-                pass
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             producer_cpu = usage.ru_utime + usage.ru_stime - self.children_cpu0
             if tap:
                 tap.stop.set()
                 tap.join(5)
             result = self.collect(subs, tap, first_id=1)
-            result.cpu = {"server (relay)": relay_cpu - self.cpu_marks.get("relay", 0.0),
-                          "producer (publisher+agent)": producer_cpu}
+            result.cpu = {
+                "server (relay)": relay_cpu - self.cpu_marks.get("relay", 0.0),
+                "producer (publisher+agent)": producer_cpu,
+            }
             if any(not c.ok for c in result.clients):
                 result.notes.append(self.logs())
             return result
@@ -650,8 +724,9 @@ def report(results: dict[str, SideResult], args: argparse.Namespace) -> bool:
     names = list(results)
     rows: list[tuple[str, list[str], str]] = []
 
-    def row(label: str, values: list[float], fmt: Callable[[float], str],
-            ratio: bool = False) -> None:
+    def row(
+        label: str, values: list[float], fmt: Callable[[float], str], ratio: bool = False
+    ) -> None:
         r = ""
         if ratio and len(values) == 2 and values[1] and not math.isnan(values[1]):
             r = f"{values[0] / values[1]:.2f}"
@@ -673,23 +748,35 @@ def report(results: dict[str, SideResult], args: argparse.Namespace) -> bool:
         row("  publish->client p50 ms", [pct(p, 50) for _, p, _ in splits], _ms)
         row("  publish->client p99 ms", [pct(p, 99) for _, p, _ in splits], _ms)
         row("batches published", [float(len(z)) for _, _, z in splits], _num)
-        row("events per batch (mean)",
+        row(
+            "events per batch (mean)",
             [sum(z) / len(z) if z else math.nan for _, _, z in splits],
-            lambda v: "-" if math.isnan(v) else f"{v:,.1f}")
+            lambda v: "-" if math.isnan(v) else f"{v:,.1f}",
+        )
     labels = ["server CPU s (api / relay)", "producer CPU s (worker+agent / publisher+agent)"]
     for i, label in enumerate(labels):
-        row(label, [list(s.cpu.values())[i] if len(s.cpu) > i else math.nan for s in sides],
-            lambda v: "-" if math.isnan(v) else f"{v:.2f}", True)
+        row(
+            label,
+            [list(s.cpu.values())[i] if len(s.cpu) > i else math.nan for s in sides],
+            lambda v: "-" if math.isnan(v) else f"{v:.2f}",
+            True,
+        )
 
     width = max(len(r[0]) for r in rows) + 2
     head = "".join(f"{n:>14}" for n in names) + (f"{'agx/bare':>12}" if len(names) == 2 else "")
     print()
-    print(f"{args.lines:,} lines of {args.line_bytes} bytes, {args.subscribers} websocket "
-          f"subscribers, {os.cpu_count()} CPUs")
+    print(
+        f"{args.lines:,} lines of {args.line_bytes} bytes, {args.subscribers} websocket "
+        f"subscribers, {os.cpu_count()} CPUs, load average before the run "
+        f"{args.load_before:.1f}" + (f", API: {args.api_argv}" if args.api_argv else "")
+    )
     print(" " * width + head)
     for label, values, ratio in rows:
-        print(f"{label:<{width}}" + "".join(f"{v:>14}" for v in values)
-              + (f"{ratio:>12}" if len(names) == 2 else ""))
+        print(
+            f"{label:<{width}}"
+            + "".join(f"{v:>14}" for v in values)
+            + (f"{ratio:>12}" if len(names) == 2 else "")
+        )
     for s in sides:
         bad = [c.problem for c in s.clients if not c.ok]
         if bad:
@@ -705,8 +792,10 @@ def report(results: dict[str, SideResult], args: argparse.Namespace) -> bool:
             (f"lines/s per client >= {args.target_rate:,}", agx.per_client >= args.target_rate),
             (f"p99 <= {args.target_p99_ms} ms", p99 * 1000 <= args.target_p99_ms),
         ]
-        print("agx targets: " + ", ".join(f"{name}: {'PASS' if good else 'FAIL'}"
-                                         for name, good in checks))
+        print(
+            "agx targets: "
+            + ", ".join(f"{name}: {'PASS' if good else 'FAIL'}" for name, good in checks)
+        )
         ok = all(good for _, good in checks)
     return ok
 
@@ -715,18 +804,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--subscribers", type=int, default=10)
-    parser.add_argument("--line-bytes", type=int, default=100,
-                        help="bytes per agent line, newline included (min ~26)")
+    parser.add_argument(
+        "--line-bytes",
+        type=int,
+        default=100,
+        help="bytes per agent line, newline included (min ~26)",
+    )
     parser.add_argument("--only", choices=("agx", "bare"))
     parser.add_argument("--processes", type=int, default=1, help="agx worker processes")
     parser.add_argument("--threads", type=int, default=2, help="agx threads per worker process")
-    parser.add_argument("--timeout", type=float, default=300,
-                        help="seconds a side may take before giving up")
-    parser.add_argument("--no-tap", action="store_true",
-                        help="no extra subscriber splitting latency at the publish")
+    parser.add_argument(
+        "--timeout", type=float, default=300, help="seconds a side may take before giving up"
+    )
+    parser.add_argument(
+        "--no-tap", action="store_true", help="no extra subscriber splitting latency at the publish"
+    )
     parser.add_argument("--target-rate", type=int, default=20_000)
     parser.add_argument("--target-p99-ms", type=float, default=100)
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument(
+        "--api-argv",
+        help="serve the agx API with this command instead, a "
+        "JSON list where {port} is replaced (to try a change side by side)",
+    )
     parser.add_argument("--db-url", default="postgresql://postgres@127.0.0.1:5432/agx_stream_bench")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -738,6 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     if redis.Redis.from_url(args.redis_url).connection_pool.connection_kwargs.get("db", 0) == 15:
         parser.error("refusing Redis db 15: the test suite uses it")
 
+    args.load_before = os.getloadavg()[0]
     tag = uuid.uuid4().hex[:8]
     workdir = Path(tempfile.mkdtemp(prefix=f"agx-stream-{tag}-"))
     results: dict[str, SideResult] = {}
@@ -745,10 +846,18 @@ def main(argv: list[str] | None = None) -> int:
         for cls in (AgxSide, BareSide):
             if args.only and cls.name != args.only:
                 continue
-            print(f"[{cls.name}] streaming {args.lines:,} lines to {args.subscribers} "
-                  "subscribers ...", flush=True)
+            print(
+                f"[{cls.name}] streaming {args.lines:,} lines to {args.subscribers} "
+                "subscribers ...",
+                flush=True,
+            )
             started = time.monotonic()
-            results[cls.name] = cls(args, tag, workdir).run()
+            side = cls(args, tag, workdir)
+            try:
+                results[cls.name] = side.run()
+            except Exception:
+                print(side.logs(), flush=True)
+                raise
             print(f"[{cls.name}] done in {time.monotonic() - started:.1f} s", flush=True)
     finally:
         if args.keep_logs:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -76,8 +77,10 @@ def _handshake(conn: socket.socket) -> bool:
         conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
         return False
     accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
-    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    conn.sendall(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
     return True
 
 
@@ -170,7 +173,7 @@ class Publisher:
                 batch, self.pending = self.pending, []
                 closed = self.closed
             for start in range(0, len(batch), MAX_BATCH):
-                self.client.publish(self.channel, _dumps(batch[start:start + MAX_BATCH]))
+                self.client.publish(self.channel, _dumps(batch[start : start + MAX_BATCH]))
             if closed and not batch:
                 return
 
@@ -185,13 +188,12 @@ def publish_main(args: argparse.Namespace) -> None:
     client = redis.Redis.from_url(args.redis_url)
     publisher = Publisher(client, args.channel)
     publisher.put("status", status="running")
-    proc = subprocess.Popen(json.loads(args.argv), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, bufsize=0)
+    proc = subprocess.Popen(
+        json.loads(args.argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+    )
     assert proc.stdin and proc.stdout
-    try:
+    with contextlib.suppress(BrokenPipeError):
         proc.stdin.write(args.message.encode())
-    except BrokenPipeError:
-        pass
     proc.stdin.close()
     fd = proc.stdout.fileno()
     tail = b""
@@ -207,7 +209,7 @@ def publish_main(args: argparse.Namespace) -> None:
     publisher.close()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     relay = sub.add_parser("relay")
@@ -221,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     publish.add_argument("--message", required=True)
     args = parser.parse_args(argv)
     (relay_main if args.command == "relay" else publish_main)(args)
+    return 0
 
 
 if __name__ == "__main__":
