@@ -1,63 +1,74 @@
-"""Following an execution: replay what came before, then live events, with no gap or duplicate."""
+"""Following an execution: replay what came before, then live events, with no gap or duplicate.
+
+Events travel in batches (as the worker published them), so a relay writes one message per
+batch to each client rather than one per line.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
-from api.hub import Hub
+from api.hub import Hub, Subscriber
 from shared import events
 from shared.models import Execution, Transcript
 from shared.services import Services
 from shared.states import ExecutionStatus
 
-KEEPALIVE = None  #: yielded when nothing happened for a while (SSE comment, websocket ping)
+Event = dict[str, Any]
+KEEPALIVE: list[Event] = []  #: yielded when nothing happened for a while (an empty batch)
+STORED_BATCH = 1000  #: events per batch when replaying from PostgreSQL
 
 
-def is_terminal(event: dict[str, Any]) -> bool:
+def is_terminal(event: Event) -> bool:
     """True for the status event that ends an execution."""
     return event["type"] == "status" and ExecutionStatus(event["status"]).terminal
 
 
 def follow(
     services: Services, hub: Hub, execution_id: str, after: int = 0, keepalive_seconds: float = 15.0
-) -> Iterator[dict[str, Any] | None]:
-    """Yield events with id > after, in order, ending with the terminal status."""
+) -> Iterator[list[Event]]:
+    """Yield batches of events with id > after, in order, the last ending with the terminal one.
+
+    An empty batch is a keepalive.
+    """
     sub = hub.subscribe(execution_id)  # subscribe first: nothing published later is missed
     last = after
     try:
         while True:
-            for event in _catch_up(services, execution_id, last):
-                yield event
-                last = event["id"]
-                if is_terminal(event):
+            for batch in _catch_up(services, execution_id, last):
+                yield batch
+                last = batch[-1]["id"]
+                if is_terminal(batch[-1]):
                     return
             sub.clear_lag()
-            for live in _live(sub, last, keepalive_seconds):
-                yield live
-                if live is KEEPALIVE:
+            for batch in _live(sub, last, keepalive_seconds):
+                yield batch
+                if not batch:
                     break  # re-check stream and row now and then
-                last = live["id"]
-                if is_terminal(live):
+                last = batch[-1]["id"]
+                if is_terminal(batch[-1]):
                     return
     finally:
         hub.unsubscribe(sub)
 
 
-def _catch_up(services: Services, execution_id: str, after: int) -> Iterator[dict[str, Any]]:
+def _catch_up(services: Services, execution_id: str, after: int) -> Iterator[list[Event]]:
     """From the Redis stream; once it has nothing newer, from PostgreSQL if the run ended."""
     last = after
     while batch := events.read_stream(services.redis, execution_id, last):
-        yield from batch
+        yield batch
         last = batch[-1]["id"]
         if is_terminal(batch[-1]):
             return
     stored = _stored_events(services, execution_id)
     if stored is not None:
-        yield from (e for e in stored if e["id"] > last)
+        rest = [e for e in stored if e["id"] > last]
+        for start in range(0, len(rest), STORED_BATCH):
+            yield rest[start : start + STORED_BATCH]
 
 
-def _stored_events(services: Services, execution_id: str) -> list[dict[str, Any]] | None:
+def _stored_events(services: Services, execution_id: str) -> list[Event] | None:
     """A finished execution's events rebuilt from PostgreSQL; None while it is not finished."""
     with services.Session() as session:
         row = session.get(Execution, execution_id)
@@ -65,18 +76,12 @@ def _stored_events(services: Services, execution_id: str) -> list[dict[str, Any]
             return None
         transcript = session.get(Transcript, execution_id)
     lines = transcript.content.split("\n") if transcript and transcript.line_count else []
-    return list(
-        events.replay_stored(
-            lines,
-            row.started_at is not None,
-            row.status,
-            {"error": row.error, "response": row.response},
-        )
-    )
+    extra = {"error": row.error, "response": row.response}
+    return list(events.replay_stored(lines, row.started_at is not None, row.status, extra))
 
 
-def _live(sub: Any, after: int, keepalive_seconds: float) -> Iterator[dict[str, Any] | None]:
-    """Live batches; stops (to catch up) on lag or a gap in the ids."""
+def _live(sub: Subscriber, after: int, keepalive_seconds: float) -> Iterator[list[Event]]:
+    """Live batches trimmed to ids > after; stops (to catch up) on lag or a gap in the ids."""
     last = after
     while True:
         batch = sub.get(keepalive_seconds)
@@ -85,10 +90,10 @@ def _live(sub: Any, after: int, keepalive_seconds: float) -> Iterator[dict[str, 
         if batch is None:
             yield KEEPALIVE
             continue
-        for event in batch:
-            if event["id"] <= last:
-                continue
-            if event["id"] != last + 1:
-                return
-            yield event
-            last = event["id"]
+        fresh = [e for e in batch if e["id"] > last]
+        if not fresh:
+            continue
+        if fresh[0]["id"] != last + 1 or fresh[-1]["id"] != last + len(fresh):
+            return  # a gap: the stream has what is missing
+        yield fresh
+        last = fresh[-1]["id"]

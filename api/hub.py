@@ -19,7 +19,7 @@ from shared import keys
 
 log = logging.getLogger(__name__)
 
-MAX_BUFFERED_BATCHES = 256  #: per client; beyond this it catches up from the stream
+MAX_BUFFERED_EVENTS = 5000  #: per client; beyond this it catches up from the stream
 
 
 class Subscriber:
@@ -29,16 +29,19 @@ class Subscriber:
         self.execution_id = execution_id
         self.lagged = False
         self._batches: deque[list[dict[str, Any]]] = deque()
+        self._buffered = 0  # events in _batches
         self._cond = threading.Condition()
 
     def push(self, batch: list[dict[str, Any]]) -> None:
         """Called by the hub thread; never blocks."""
         with self._cond:
-            if len(self._batches) >= MAX_BUFFERED_BATCHES:
+            if self._buffered + len(batch) > MAX_BUFFERED_EVENTS:
                 self._batches.clear()
+                self._buffered = 0
                 self.lagged = True
             else:
                 self._batches.append(batch)
+                self._buffered += len(batch)
             self._cond.notify()
 
     def get(self, timeout: float) -> list[dict[str, Any]] | None:
@@ -47,7 +50,9 @@ class Subscriber:
             if not self._batches and not self.lagged:
                 self._cond.wait(timeout)
             if self._batches:
-                return self._batches.popleft()
+                batch = self._batches.popleft()
+                self._buffered -= len(batch)
+                return batch
             return None
 
     def clear_lag(self) -> None:
@@ -55,6 +60,7 @@ class Subscriber:
         with self._cond:
             self.lagged = False
             self._batches.clear()
+            self._buffered = 0
 
 
 class Hub:

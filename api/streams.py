@@ -58,15 +58,16 @@ def events_sse(execution_id: str) -> Any:
     )
 
 
-def _sse(stream: Iterator[dict[str, Any] | None]) -> Iterator[str]:
+def _sse(stream: Iterator[list[dict[str, Any]]]) -> Iterator[str]:
+    """One chunk per batch (one write to the socket), an SSE event per execution event."""
     yield ": connected\n\n"
     last = None
-    for event in stream:
-        if event is None:
+    for batch in stream:
+        if not batch:
             yield ": keepalive\n\n"
             continue
-        last = event
-        yield f"id: {event['id']}\nevent: {event['type']}\ndata: {_dumps(event)}\n\n"
+        last = batch[-1]
+        yield "".join(f"id: {e['id']}\nevent: {e['type']}\ndata: {_dumps(e)}\n\n" for e in batch)
     if last is not None:
         yield f"event: end\ndata: {_dumps({'status': last.get('status')})}\n\n"
 
@@ -88,17 +89,15 @@ def check_origin() -> None:
 
 @sock.route("/ws/executions/<execution_id>", bp=bp)
 def events_ws(ws: Any, execution_id: str) -> None:
-    """The same events as SSE, one JSON message each, then {"type": "end"}; then closes."""
+    """The SSE events as websocket messages: each a JSON array of events (empty = keepalive),
+    then a final {"type": "end", "status": ...}; then the socket closes."""
     after = _after(request.args.get("last_event_id"), "last_event_id")
     last = None
-    for event in follow(
-        services(), hub(), execution_id, after, services().settings.keepalive_seconds
-    ):
-        if event is None:
-            ws.send(_dumps({"type": "keepalive"}))
-            continue
-        last = event
-        ws.send(_dumps(event))
+    settings = services().settings
+    for batch in follow(services(), hub(), execution_id, after, settings.keepalive_seconds):
+        if batch:
+            last = batch[-1]
+        ws.send(_dumps(batch))
     ws.send(_dumps({"type": "end", "status": last.get("status") if last else None}))
     ws.close()
 

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 STREAM_MAXLEN = 200_000  #: events kept per execution stream (approximate trim)
 STREAM_TTL_SECONDS = 3600  #: a finished execution's stream expires this long after its end
+MAX_PENDING = 1000  #: unsent events a run may queue before its output is held back
 _EMIT = (Path(__file__).parent / "lua" / "emit.lua").read_text()
 
 
@@ -93,18 +94,22 @@ class EventWriter:
 
     def status(self, status: str, **extra: Any) -> None:
         """Queue a status change."""
-        self._put(lambda i: status_event(i, status, **extra))
+        with self._cond:
+            self._append(status_event(self.next_id, status, **extra))
 
     def line(self, line: str) -> None:
-        """Queue one stdout line."""
-        self._put(lambda i: line_event(i, line))
-
-    def _put(self, make: Any) -> None:
+        """Queue one stdout line; blocks while MAX_PENDING events are unsent (back-pressure:
+        the agent then waits on its pipe instead of the worker's memory and latency growing)."""
         with self._cond:
-            self._pending.append(make(self.next_id))
-            self.next_id += 1
-            if len(self._pending) == 1 or len(self._pending) >= self.max_batch:
-                self._cond.notify()
+            while len(self._pending) >= MAX_PENDING and not self._closed:
+                self._cond.wait()
+            self._append(line_event(self.next_id, line))
+
+    def _append(self, event: dict[str, Any]) -> None:
+        self._pending.append(event)
+        self.next_id += 1
+        if len(self._pending) == 1 or len(self._pending) >= self.max_batch:
+            self._cond.notify_all()
 
     def _run(self) -> None:
         while True:
@@ -113,6 +118,7 @@ class EventWriter:
                     self._cond.wait()
                 batch, self._pending = self._pending, []
                 closed = self._closed
+                self._cond.notify_all()  # wake a writer held back by MAX_PENDING
             self._send(batch, final=closed and not self._pending)
             if closed and not batch:
                 return

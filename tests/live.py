@@ -57,9 +57,10 @@ class WsReader(threading.Thread):
     def run(self) -> None:
         while True:
             message = json.loads(self.ws.recv())
-            if message["type"] == "end":
-                self.end = message
-                self.ws.close()
-                return
-            if message["type"] != "keepalive":
-                self.events.append(message)
+            if isinstance(message, list):  # a batch of events; empty is a keepalive
+                self.events.extend(message)
+                continue
+            assert message["type"] == "end"
+            self.end = message
+            self.ws.close()
+            return
