@@ -61,7 +61,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,6 +323,14 @@ def _seq_and_time(line: str) -> tuple[int, float]:
     return int(seq), float(written)
 
 
+def _events(sub: Subscriber) -> Iterator[tuple[float, dict[str, Any]]]:
+    """(receive time, event) for every event; agx sends a JSON array per batch."""
+    for recv, payload in sub.messages():
+        decoded = json.loads(payload)
+        for event in decoded if isinstance(decoded, list) else [decoded]:
+            yield recv, event
+
+
 def analyse(sub: Subscriber, lines: int, first_id: int) -> tuple[ClientFigures, float, float]:
     """Check one subscriber's sequence and compute its figures (first/last write stamps too).
 
@@ -333,8 +341,7 @@ def analyse(sub: Subscriber, lines: int, first_id: int) -> tuple[ClientFigures, 
     ids: list[int] = []
     first_write, last_write, last_recv = math.inf, -math.inf, -math.inf
     end = None
-    for recv, payload in sub.messages():
-        event = json.loads(payload)
+    for recv, event in _events(sub):
         kind = event.get("type")
         if kind == "keepalive":
             continue

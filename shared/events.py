@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 STREAM_MAXLEN = 200_000  #: events kept per execution stream (approximate trim)
 STREAM_TTL_SECONDS = 3600  #: a finished execution's stream expires this long after its end
-MAX_PENDING = 1000  #: unsent events a run may queue before its output is held back
+MAX_PENDING = 500  #: unsent events a run may queue before its output is held back
 _EMIT = (Path(__file__).parent / "lua" / "emit.lua").read_text()
 
 
