@@ -29,8 +29,10 @@ TABLES = "payments, transcripts, executions, schedules, api_keys, agents"
 
 
 @pytest.fixture(scope="session")
-def test_services(tmp_path_factory: pytest.TempPathFactory) -> TestServices:
-    return discover(str(tmp_path_factory.mktemp("embedded")))
+def test_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServices]:
+    found = discover(str(tmp_path_factory.mktemp("embedded")))
+    yield found
+    found.stop()
 
 
 @pytest.fixture(scope="session")

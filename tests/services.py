@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import urllib.parse
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -31,6 +32,12 @@ class TestServices:
     database_url: str
     redis_url: str
     amqp_url: str | None  # None: no RabbitMQ here (laptop without it)
+    stoppers: list[Callable[[], None]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """Stop the embedded services this session started."""
+        for stop in reversed(self.stoppers):
+            stop()
 
 
 def discover(tmp_home: str) -> TestServices:
@@ -51,17 +58,21 @@ def discover(tmp_home: str) -> TestServices:
         pytest.exit(
             f"CI is set but these services are unreachable: {', '.join(missing)}", returncode=3
         )
+    found = TestServices(db, rd, None if "RabbitMQ" in missing else mq)
     if "PostgreSQL" in missing or "Redis" in missing:
         from pathlib import Path
 
         from agx import embedded
+        from agx.procs import stop
 
         home = Path(tmp_home)
         if "PostgreSQL" in missing:
-            db, _ = embedded.start_postgres(home / "pgdata")
+            found.database_url, server = embedded.start_postgres(home / "pgdata")
+            found.stoppers.append(lambda: embedded.stop_postgres(server))
         if "Redis" in missing:
-            rd, _ = embedded.start_redis(home / "redis", home / "redis.log")
+            found.redis_url, proc = embedded.start_redis(home / "redis", home / "redis.log")
+            found.stoppers.append(lambda: stop(proc, 5))
         print(f"\nusing embedded services for: {', '.join(missing)}")
     if "RabbitMQ" in missing:
         print("\nRabbitMQ unreachable: tests that need it are skipped")
-    return TestServices(db, rd, None if "RabbitMQ" in missing else mq)
+    return found
