@@ -76,6 +76,7 @@ import websocket  # noqa: E402
 
 from agx import procs  # noqa: E402
 from agx.embedded import free_port  # noqa: E402
+from bench.throughput import group_cpu  # noqa: E402
 from shared.settings import normalize_database_url  # noqa: E402
 
 AGENT_NAME = "bench-stream"
@@ -111,22 +112,6 @@ def ensure_database(url: str) -> None:
     with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def group_cpu(pgid: int) -> float:
-    """CPU seconds of a process group: its processes' own plus their reaped children's."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # fields[0] is field 3 (state) of proc(5)
-            total += sum(int(f) for f in fields[11:15]) / tick
-    return total
 
 
 def _marked(tag: str) -> list[int]:
@@ -542,15 +527,15 @@ class AgxSide(Side):
             workers: list[subprocess.Popen[bytes]] = []
 
             def first_batch() -> None:  # streaming starts: worker start-up CPU is behind us
-                self.cpu_marks["api"] = group_cpu(api.pid)
+                self.cpu_marks["api"] = sum(group_cpu(api.pid))
                 if workers:
-                    self.cpu_marks["worker"] = group_cpu(workers[0].pid)
+                    self.cpu_marks["worker"] = sum(group_cpu(workers[0].pid))
 
             if not a.no_tap:
                 tap = Tap(self.redis, keys.events_channel(eid), first_batch)
                 tap.start()
             else:
-                self.cpu_marks["api"] = group_cpu(api.pid)
+                self.cpu_marks["api"] = sum(group_cpu(api.pid))
             workers.append(
                 self.spawn(
                     "workers",
@@ -568,13 +553,13 @@ class AgxSide(Side):
                 )
             )
             self.await_subscribers(subs)
-            cpu_end = {"api": group_cpu(api.pid)}
+            cpu_end = {"api": sum(group_cpu(api.pid))}
             # Once reaped, the agent's CPU counts in its worker process's children figures.
             try:
                 wait_until(lambda: not _marked(self.tag), 10, "the agent to exit", 0.1)
             except TimeoutError as exc:
                 print(f"[agx] {exc}", flush=True)
-            cpu_end["worker"] = group_cpu(workers[0].pid)
+            cpu_end["worker"] = sum(group_cpu(workers[0].pid))
             if tap:
                 tap.stop.set()
                 tap.join(5)
@@ -664,13 +649,13 @@ class BareSide(Side):
             publisher: list[subprocess.Popen[bytes]] = []
 
             def first_batch() -> None:
-                self.cpu_marks["relay"] = group_cpu(relay.pid)
+                self.cpu_marks["relay"] = sum(group_cpu(relay.pid))
 
             if not a.no_tap:
                 tap = Tap(self.redis, channel, first_batch)
                 tap.start()
             else:
-                self.cpu_marks["relay"] = group_cpu(relay.pid)
+                self.cpu_marks["relay"] = sum(group_cpu(relay.pid))
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             self.children_cpu0 = usage.ru_utime + usage.ru_stime
             publisher.append(
@@ -693,7 +678,7 @@ class BareSide(Side):
                 )
             )
             self.await_subscribers(subs)
-            relay_cpu = group_cpu(relay.pid)
+            relay_cpu = sum(group_cpu(relay.pid))
             with contextlib.suppress(subprocess.TimeoutExpired):
                 publisher[0].wait(30)  # reaped here: its CPU (and its agent's) is ours now
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -112,14 +112,8 @@ class Executor:
         raise AssertionError("unreachable")
 
     def _admit(self, job: Job) -> Admission:
-        admission = self.services.slots.acquire(
-            job.agent_name,
-            job.execution_id,
-            job.max_parallel,
-            job.timeout_seconds,
-            job.submitted_us,
-        )
-        if admission.needs_rebuild and ensure_epoch(self.services):
+        """Acquire or park; after a Redis reset, rebuild from PostgreSQL and try once more."""
+        for retry in (True, False):
             admission = self.services.slots.acquire(
                 job.agent_name,
                 job.execution_id,
@@ -127,6 +121,8 @@ class Executor:
                 job.timeout_seconds,
                 job.submitted_us,
             )
+            if not (retry and admission.needs_rebuild and ensure_epoch(self.services)):
+                return admission
         return admission
 
     def _load(self, execution_id: str) -> Job | None:
