@@ -6,15 +6,15 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import click
 
 from agx.client import ApiError, Client
-from agx.schedules_cli import schedules
+from agx.schedules_cli import scheduler, schedules
 from shared.settings import Settings
 
 
@@ -37,8 +37,10 @@ def _services() -> Iterator[Any]:
 @click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
 def main(verbose: bool) -> None:
     """agx: run AI-agent executions on a distributed job queue."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 @main.command()
@@ -76,8 +78,18 @@ def workers(processes: int, threads: int) -> None:
     if not settings.effective_broker_url.startswith("amqp"):
         # Dramatiq's Redis broker polls, backing off up to this many ms: keep promotion prompt.
         env.setdefault("dramatiq_worker_timeout", "20")
-    argv = [sys.executable, "-m", "dramatiq", "workers.main", "--processes", str(processes),
-            "--threads", str(threads), "--worker-shutdown-timeout", "15000"]
+    argv = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "workers.main",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--worker-shutdown-timeout",
+        "15000",
+    ]
     from agx.pool import run_pool
 
     sys.exit(run_pool(argv, env))
@@ -94,11 +106,8 @@ def reaper(interval: float) -> None:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with _services() as services:
-        try:
-            run_forever(services, interval, stop)
-        except KeyboardInterrupt:
-            pass
+    with _services() as services, suppress(KeyboardInterrupt):
+        run_forever(services, interval, stop)
 
 
 @main.command()
@@ -119,13 +128,18 @@ def up(port: int, host: str, processes: int, threads: int) -> None:
 @click.option("--model", default=None)
 @click.option("--timeout", "timeout_seconds", type=int, default=None)
 @click.option("--follow", "-f", is_flag=True, help="Wait and print the result.")
-def task(agent: str, message: str, model: str | None, timeout_seconds: int | None,
-         follow: bool) -> None:
+def task(
+    agent: str, message: str, model: str | None, timeout_seconds: int | None, follow: bool
+) -> None:
     """Submit a task to AGENT."""
     client = Client()
     body = {"message": message, "model": model, "timeout_seconds": timeout_seconds}
-    data = _call(client, "POST", f"/api/agents/{agent}/task",
-                 {k: v for k, v in body.items() if v is not None})
+    data = _call(
+        client,
+        "POST",
+        f"/api/agents/{agent}/task",
+        {k: v for k, v in body.items() if v is not None},
+    )
     if not follow:
         click.echo(json.dumps(data, indent=2))
         return
@@ -147,8 +161,10 @@ def stop(execution_id: str) -> None:
     client = Client()
     agent = _agent_of(client, execution_id)
     data = _call(client, "POST", f"/api/agents/{agent}/executions/{execution_id}/stop")
-    click.echo(f"{execution_id} {data['status']}" + (
-        " (stop requested)" if data["status"] == "running" else ""))
+    click.echo(
+        f"{execution_id} {data['status']}"
+        + (" (stop requested)" if data["status"] == "running" else "")
+    )
 
 
 def _agent_of(client: Client, execution_id: str) -> str:
@@ -184,16 +200,29 @@ def _follow(client: Client, execution_id: str) -> int:
 @click.option("--trigger", default=None)
 @click.option("--since", default=None, help="ISO 8601 time")
 @click.option("--limit", default=20, show_default=True)
-def ls(agent: str | None, status: str | None, trigger: str | None, since: str | None,
-       limit: int) -> None:
+def ls(
+    agent: str | None, status: str | None, trigger: str | None, since: str | None, limit: int
+) -> None:
     """List recent executions, newest first."""
-    data = _call(Client(), "GET", "/api/executions", params={
-        "agent": agent, "status": status, "trigger": trigger, "since": since, "limit": limit})
+    data = _call(
+        Client(),
+        "GET",
+        "/api/executions",
+        params={
+            "agent": agent,
+            "status": status,
+            "trigger": trigger,
+            "since": since,
+            "limit": limit,
+        },
+    )
     for item in data["items"]:
         cost = f"${item['cost']:.4f}" if item["cost"] is not None else "-"
-        click.echo(f"{item['id']}  {item['agent_name']:<16} {item['status']:<10} "
-                   f"{item['triggered_by']:<8} {item['created_at']}  {cost}  "
-                   f"{item['message'][:40]!r}")
+        click.echo(
+            f"{item['id']}  {item['agent_name']:<16} {item['status']:<10} "
+            f"{item['triggered_by']:<8} {item['created_at']}  {cost}  "
+            f"{item['message'][:40]!r}"
+        )
 
 
 @main.group()
@@ -231,10 +260,12 @@ def keys_create(name: str, agent_names: tuple[str, ...]) -> None:
 
 
 main.add_command(schedules)
+main.add_command(scheduler)
 
 
-def _call(client: Client, method: str, path: str, body: Any = None,
-          params: dict[str, Any] | None = None) -> Any:
+def _call(
+    client: Client, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None
+) -> Any:
     try:
         return client.request(method, path, body, params)
     except ApiError as exc:

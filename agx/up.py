@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -32,8 +31,11 @@ RESTART_BACKOFF_SECONDS = (1, 2, 5, 10, 30)  #: waits before restarting a child 
 
 def demo_spec() -> AgentSpec:
     """The demo agent: a real program printing Claude-shaped stream-json, no network needed."""
-    return AgentSpec(name=DEMO_AGENT, command=[sys.executable, "-m", "agx.demo_agent"],
-                     description="Demo agent shipped with agx (no API key needed).")
+    return AgentSpec(
+        name=DEMO_AGENT,
+        command=[sys.executable, "-m", "agx.demo_agent"],
+        description="Demo agent shipped with agx (no API key needed).",
+    )
 
 
 def _with_services(settings: Settings, stack: ExitStack) -> Settings:
@@ -56,8 +58,11 @@ def _prepare(settings: Settings) -> str:
     """Migrate, make sure the admin key exists, seed the demo agent; returns the key."""
     assert settings.database_url
     migrate(settings.database_url)
-    key = settings.api_key or _saved_state(settings.home).get("api_key") or (
-        KEY_PREFIX + secrets.token_urlsafe(32))
+    key = (
+        settings.api_key
+        or _saved_state(settings.home).get("api_key")
+        or (KEY_PREFIX + secrets.token_urlsafe(32))
+    )
     services = Services(settings, pool_size=2)
     try:
         with services.Session.begin() as session:
@@ -84,8 +89,12 @@ def _save_state(home: Path, url: str, key: str) -> None:
 
 def _child_env(settings: Settings, key: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(AGX_DATABASE_URL=settings.database_url or "", AGX_REDIS_URL=settings.redis_url or "",
-               AGX_HOME=str(settings.home), AGX_API_KEY=key)
+    env.update(
+        AGX_DATABASE_URL=settings.database_url or "",
+        AGX_REDIS_URL=settings.redis_url or "",
+        AGX_HOME=str(settings.home),
+        AGX_API_KEY=key,
+    )
     if settings.broker_url:
         env["AGX_BROKER_URL"] = settings.broker_url
     return env
@@ -116,8 +125,11 @@ class Supervisor:
                     continue
                 count = self.restarts.get(name, 0)
                 wait = RESTART_BACKOFF_SECONDS[min(count, len(RESTART_BACKOFF_SECONDS) - 1)]
-                print(f"{name} exited with {proc.returncode}; restarting in {wait} s "
-                      f"(log: {self.log_dir / (name + '.log')})", flush=True)
+                print(
+                    f"{name} exited with {proc.returncode}; restarting in {wait} s "
+                    f"(log: {self.log_dir / (name + '.log')})",
+                    flush=True,
+                )
                 if self.stopping.wait(wait):
                     return
                 self.restarts[name] = count + 1
@@ -149,22 +161,27 @@ def run_up(settings: Settings, host: str, port: int, processes: int, threads: in
         url = f"http://{host}:{port}"
         _save_state(settings.home, url, key)
         agx = [sys.executable, "-m", "agx"]
-        supervisor = Supervisor({
-            "api": agx + ["api", "--host", host, "--port", str(port)],
-            "workers": agx + ["workers", "--processes", str(processes), "--threads", str(threads)],
-            "reaper": agx + ["reaper"],
-            "scheduler": agx + ["scheduler"],
-        }, _child_env(settings, key), settings.home / "logs")
+        supervisor = Supervisor(
+            {
+                "api": agx + ["api", "--host", host, "--port", str(port)],
+                "workers": agx
+                + ["workers", "--processes", str(processes), "--threads", str(threads)],
+                "reaper": agx + ["reaper"],
+                "scheduler": agx + ["scheduler"],
+            },
+            _child_env(settings, key),
+            settings.home / "logs",
+        )
         watcher = threading.Thread(target=supervisor.watch, daemon=True)
         watcher.start()
-        print(f"agx is up: {url}\nAPI key: {key}\n"
-              f"try: agx task {DEMO_AGENT} \"hello\" --follow\nCtrl-C stops everything.",
-              flush=True)
+        print(
+            f"agx is up: {url}\nAPI key: {key}\n"
+            f'try: agx task {DEMO_AGENT} "hello" --follow\nCtrl-C stops everything.',
+            flush=True,
+        )
         while not stop_requested.wait(0.5):
             pass
         print("stopping...", flush=True)
         supervisor.stop_all(watcher)
     print("stopped.", flush=True)
     return 0
-
-
