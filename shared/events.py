@@ -7,6 +7,7 @@ cancelled while pending has only its terminal status, id 1.)
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -36,6 +37,12 @@ def status_event(event_id: int, status: str, **extra: Any) -> dict[str, Any]:
     return {"id": event_id, "type": "status", "status": status, **extra}
 
 
+@functools.lru_cache(maxsize=16)
+def _emit_script(client: redis.Redis) -> Any:
+    """The emit script bound to a client (EVALSHA after the first call)."""
+    return client.register_script(_EMIT)
+
+
 def emit(
     client: redis.Redis, execution_id: str, events: list[dict[str, Any]], final: bool = False
 ) -> None:
@@ -49,9 +56,8 @@ def emit(
     ]
     for event in events:
         args += [event["id"], json.dumps(event, separators=(",", ":"))]
-    client.eval(
-        _EMIT, 2, keys.events_stream(execution_id), keys.events_channel(execution_id), *args
-    )
+    keys_ = [keys.events_stream(execution_id), keys.events_channel(execution_id)]
+    _emit_script(client)(keys=keys_, args=args)
 
 
 def read_stream(

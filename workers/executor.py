@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from shared.events import EventWriter
-from shared.models import Agent, Execution, Transcript
+from shared.models import Transcript
 from shared.rebuild import ensure_epoch
 from shared.redact import redact
 from shared.services import Services
@@ -52,6 +52,14 @@ class Job:
     max_parallel: int
     timeout_seconds: int
     submitted_us: int
+
+
+_LOAD = text(
+    "SELECT e.id, e.agent_name, e.status, e.message, e.model, e.resume_session_id,"
+    " e.timeout_seconds, e.created_at, a.command, a.output, a.workdir, a.env,"
+    " a.max_parallel_tasks, a.timeout_seconds AS agent_timeout"
+    " FROM executions e JOIN agents a ON a.name = e.agent_name WHERE e.id = :id"
+)
 
 
 class Executor:
@@ -127,29 +135,24 @@ class Executor:
 
     def _load(self, execution_id: str) -> Job | None:
         with self.services.Session() as session:
-            row = session.execute(
-                select(Execution, Agent)
-                .join(Agent, Agent.name == Execution.agent_name)
-                .where(Execution.id == execution_id)
-            ).one_or_none()
+            row = session.execute(_LOAD, {"id": execution_id}).one_or_none()
         if row is None:
             log.warning("execution %s not found; message dropped", execution_id)
             return None
-        ex, agent = row
         return Job(
-            ex.id,
-            agent.name,
-            ExecutionStatus(ex.status),
-            ex.message,
-            ex.model,
-            ex.resume_session_id,
-            list(agent.command),
-            agent.output,
-            agent.workdir,
-            {str(k): str(v) for k, v in (agent.env or {}).items()},
-            agent.max_parallel_tasks,
-            ex.timeout_seconds or agent.timeout_seconds,
-            submitted_us(ex.created_at),
+            row.id,
+            row.agent_name,
+            ExecutionStatus(row.status),
+            row.message,
+            row.model,
+            row.resume_session_id,
+            list(row.command),
+            row.output,
+            row.workdir,
+            {str(k): str(v) for k, v in (row.env or {}).items()},
+            row.max_parallel_tasks,
+            row.timeout_seconds or row.agent_timeout,
+            submitted_us(row.created_at),
         )
 
     def _release(self, job: Job) -> None:
