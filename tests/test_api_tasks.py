@@ -186,3 +186,30 @@ def test_health_and_readiness_probes(client, services, settings):
         assert resp.status_code == 503 and resp.json["checks"]["broker"] != "ok"
     finally:
         broken.close()
+
+
+def test_the_queue_limit_is_exact_under_concurrent_submissions(services, make_agent):
+    import threading
+
+    from shared.errors import QueueFull
+
+    make_agent("tight", max_parallel_tasks=1, queue_limit=5)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def submit(i: int) -> None:
+        try:
+            submit_execution(services, "tight", f"burst {i}")
+            result = "accepted"
+        except QueueFull:
+            result = "refused"
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count("accepted") == 6 and outcomes.count("refused") == 14
+    assert _count(services) == 6
