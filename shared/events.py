@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 STREAM_MAXLEN = 200_000  #: events kept per execution stream (approximate trim)
 STREAM_TTL_SECONDS = 3600  #: a finished execution's stream expires this long after its end
-MAX_PENDING = 500  #: unsent events a run may queue before its output is held back
+MAX_BATCH = 500  #: events per Redis round trip (and per live message)
 _EMIT = (Path(__file__).parent / "lua" / "emit.lua").read_text()
 
 
@@ -85,65 +85,51 @@ def stream_lines(client: redis.Redis, execution_id: str) -> list[str]:
 
 
 class EventWriter:
-    """Numbers a run's events and sends them in small batches from a background thread."""
+    """Numbers a run's events and sends them in batches: on `flush` (after each read from the
+    agent's pipe) or every MAX_BATCH events. Sending from the reader thread holds a fast agent
+    back on its pipe while Redis catches up, so memory and latency stay bounded."""
 
-    def __init__(self, client: redis.Redis, execution_id: str, max_batch: int = 500):
-        self.client, self.execution_id, self.max_batch = client, execution_id, max_batch
+    def __init__(self, client: redis.Redis, execution_id: str):
+        self.client, self.execution_id = client, execution_id
         self.next_id = 1
         self._pending: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(
-            target=self._run, name=f"events-{execution_id}", daemon=True
-        )
-        self._thread.start()
+        self._lock = threading.Lock()
 
     def status(self, status: str, **extra: Any) -> None:
-        """Queue a status change."""
-        with self._cond:
-            self._append(status_event(self.next_id, status, **extra))
+        """Send a status change now."""
+        with self._lock:
+            self._pending.append(status_event(self.next_id, status, **extra))
+            self.next_id += 1
+        self.flush()
 
     def line(self, line: str) -> None:
-        """Queue one stdout line; blocks while MAX_PENDING events are unsent (back-pressure:
-        the agent then waits on its pipe instead of the worker's memory and latency growing)."""
-        with self._cond:
-            while len(self._pending) >= MAX_PENDING and not self._closed:
-                self._cond.wait()
-            self._append(line_event(self.next_id, line))
+        """Queue one stdout line."""
+        with self._lock:
+            self._pending.append(line_event(self.next_id, line))
+            self.next_id += 1
+            full = len(self._pending) >= MAX_BATCH
+        if full:
+            self.flush()
 
-    def _append(self, event: dict[str, Any]) -> None:
-        self._pending.append(event)
-        self.next_id += 1
-        if len(self._pending) == 1 or len(self._pending) >= self.max_batch:
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                batch, self._pending = self._pending, []
-                closed = self._closed
-                self._cond.notify_all()  # wake a writer held back by MAX_PENDING
-            self._send(batch, final=closed and not self._pending)
-            if closed and not batch:
+    def flush(self, final: bool = False) -> None:
+        """Send what is queued (one round trip per MAX_BATCH events)."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch:
                 return
-
-    def _send(self, batch: list[dict[str, Any]], final: bool = False) -> None:
-        for start in range(0, len(batch), self.max_batch):
-            try:
-                emit(self.client, self.execution_id, batch[start : start + self.max_batch], final)
-            except redis.RedisError:  # live view degrades; the transcript in PostgreSQL stays whole
-                log.warning("could not publish events of %s", self.execution_id, exc_info=True)
+            for start in range(0, len(batch), MAX_BATCH):
+                try:
+                    emit(self.client, self.execution_id, batch[start : start + MAX_BATCH], final)
+                except redis.RedisError:  # live view degrades; PostgreSQL keeps the transcript
+                    log.warning("could not publish events of %s", self.execution_id, exc_info=True)
 
     def close(self, final_status: str | None = None, **extra: Any) -> None:
-        """Queue the terminal status (if given), flush everything, and stop the thread."""
-        if final_status:
-            self.status(final_status, **extra)
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout=30)
+        """Send the terminal status (if given) and whatever is still queued."""
+        with self._lock:
+            if final_status:
+                self._pending.append(status_event(self.next_id, final_status, **extra))
+                self.next_id += 1
+        self.flush(final=True)
 
 
 def replay_stored(

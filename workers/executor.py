@@ -188,6 +188,7 @@ class Executor:
                 workdir=job.workdir,
                 env=job.env,
                 max_total_bytes=MAX_STORED_BYTES,
+                on_flush=events.flush,
             )
         except OSError as exc:
             outcome = f"could not start agent: {exc}"

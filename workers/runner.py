@@ -110,7 +110,14 @@ class _Tail:
 class _Pipes:
     """The threads that feed stdin and drain stdout and stderr."""
 
-    def __init__(self, proc: Popen[bytes], data: bytes, lines: _LineSplitter, tail: _Tail):
+    def __init__(
+        self,
+        proc: Popen[bytes],
+        data: bytes,
+        lines: _LineSplitter,
+        tail: _Tail,
+        on_flush: Callable[[], None] | None = None,
+    ):
         assert proc.stdin and proc.stdout and proc.stderr
         self._pipes = (proc.stdin, proc.stdout, proc.stderr)
         self._started = False
@@ -118,6 +125,7 @@ class _Pipes:
         self.error: BaseException | None = None
         self._give_up = threading.Event()
         self._lines = lines
+        self._on_flush = on_flush or (lambda: None)
         self._threads = [
             Thread(target=_write_all, args=(proc.stdin, data), daemon=True),
             Thread(target=self._read_lines, args=(proc.stdout,), daemon=True),
@@ -143,10 +151,15 @@ class _Pipes:
         for thread in self._threads:
             thread.join(DRAIN_SECONDS)
 
+    def _feed(self, chunk: bytes) -> None:
+        self._lines.feed(chunk)
+        self._on_flush()  # the lines of one read go on together
+
     def _read_lines(self, pipe: IO[bytes]) -> None:
         try:
-            _pump(pipe, self._lines.feed, self._give_up)
+            _pump(pipe, self._feed, self._give_up)
             self._lines.finish()
+            self._on_flush()
         except BaseException as exc:  # handed to the caller's thread, which re-raises it
             self.error = exc
             self.failed.set()
@@ -278,13 +291,17 @@ def run_agent(
     max_line_bytes: int = 1_048_576,
     max_total_bytes: int = 256 * 1_048_576,
     on_start: Callable[[int], None] | None = None,
+    on_flush: Callable[[], None] | None = None,
 ) -> RunOutcome:
-    """Run argv with stdin_text on stdin, pass each stdout line to on_line, report how it ended."""
+    """Run argv with stdin_text on stdin, pass each stdout line to on_line, report how it ended.
+
+    `on_flush` is called (on the reader thread) after the lines of each read from the pipe.
+    """
     started = time.monotonic()
     lines = _LineSplitter(on_line, max_line_bytes, max_total_bytes)
     tail = _Tail(STDERR_TAIL_BYTES)
     proc = _spawn(argv, workdir, env)
-    pipes = _Pipes(proc, stdin_text.encode(), lines, tail)
+    pipes = _Pipes(proc, stdin_text.encode(), lines, tail, on_flush)
     why = "error"
     try:
         if on_start is not None:
