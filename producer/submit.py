@@ -8,11 +8,11 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidField, NotFound, QueueFull
-from shared.models import Agent, Execution, utcnow
+from shared.models import Agent, Execution, new_id, utcnow
 from shared.services import Services
 from shared.slots import submitted_us
 from shared.states import ExecutionStatus, Trigger
@@ -122,7 +122,8 @@ def submit_execution(
         timeout = validate_timeout(timeout_seconds, agent)
         in_flight = _check_queue_limit(session, agent)
         now = utcnow()
-        execution = Execution(
+        values = dict(
+            id=new_id(),
             agent_name=agent.name,
             status=ExecutionStatus.pending.value,
             triggered_by=Trigger(triggered_by).value,
@@ -139,8 +140,10 @@ def submit_execution(
             dispatched_at=now,
             attempt=0,
         )
-        session.add(execution)
+        # A Core insert: the ORM unit of work costs more CPU than the rest of a submission.
+        session.execute(insert(Execution.__table__), values)  # type: ignore[arg-type]
         max_parallel = agent.max_parallel_tasks
+    execution = Execution(**values)
     position, published = _enqueue_and_publish(services, execution, max_parallel)
     return Submitted(execution, position, published)
 
