@@ -37,6 +37,17 @@ def _ready(url: str) -> bool:
         return False
 
 
+def _child(parent: int, command: str) -> int | None:
+    """Pid of the direct child running `agx <command>`."""
+    for proc in psutil.Process(parent).children():
+        try:
+            if proc.cmdline()[3:4] == [command]:  # python -m agx <command> ...
+                return proc.pid
+        except psutil.Error:
+            continue
+    return None
+
+
 def test_agx_up_runs_a_demo_task_and_stops_everything_on_ctrl_c(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGX_")}
     env["AGX_HOME"] = str(tmp_path / "home")
@@ -57,6 +68,14 @@ def test_agx_up_runs_a_demo_task_and_stops_everything_on_ctrl_c(tmp_path):
         submitted = _get(url + "/api/agents/demo/task", key, {"message": "hello", "wait": True})
         assert submitted["status"] == "completed", submitted
         assert submitted["response"] == "demo: hello"
+        reaper = _child(up.pid, "reaper")
+        os.kill(reaper, signal.SIGKILL)  # a child that dies is restarted
+        wait_for(
+            lambda: _child(up.pid, "reaper") not in (None, reaper),
+            30,
+            0.2,
+            "the reaper to be restarted",
+        )
         family = psutil.Process(up.pid).children(recursive=True)
         assert len(family) >= 4, "api, workers, reaper, redis (and postgres) run as children"
         postgres_pid = int((tmp_path / "home" / "pgdata" / "postmaster.pid").read_text().split()[0])
