@@ -29,6 +29,7 @@ from shared.linux import death_pact
 CHUNK_BYTES = 65_536
 STDERR_TAIL_BYTES = 8_192
 POLL_SECONDS = 0.02  #: how often the watcher checks the process, stop event and deadline
+INLINE_STDIN_BYTES = 4096  #: messages up to one page are written without a thread
 PIPE_POLL_MS = 100  #: how often a pipe reader checks whether it was told to give up
 DRAIN_SECONDS = 2.0  #: how long to wait for EOF on the pipes once the group is dead
 
@@ -126,16 +127,23 @@ class _Pipes:
         self._give_up = threading.Event()
         self._lines = lines
         self._on_flush = on_flush or (lambda: None)
-        self._threads = [
-            Thread(target=_write_all, args=(proc.stdin, data), daemon=True),
+        self._stdin, self._data = proc.stdin, data
+        self._readers = [
             Thread(target=self._read_lines, args=(proc.stdout,), daemon=True),
             Thread(target=_pump, args=(proc.stderr, tail.feed, self._give_up), daemon=True),
         ]
+        self._threads = list(self._readers)
 
     def start(self) -> None:
-        """Start all three threads; from then on each thread owns and closes its pipe."""
-        for thread in self._threads:
+        """Feed stdin and start the readers; from then on each thread owns and closes its pipe."""
+        for thread in self._readers:
             thread.start()
+        if len(self._data) <= INLINE_STDIN_BYTES:  # fits any pipe buffer: cannot block
+            _write_all(self._stdin, self._data)
+        else:
+            writer = Thread(target=_write_all, args=(self._stdin, self._data), daemon=True)
+            self._threads.append(writer)
+            writer.start()
         self._started = True
 
     def finish(self) -> None:
@@ -145,7 +153,7 @@ class _Pipes:
                 _close(pipe)
             return
         deadline = time.monotonic() + DRAIN_SECONDS
-        for thread in self._threads[1:]:
+        for thread in self._readers:
             thread.join(max(deadline - time.monotonic(), 0))
         self._give_up.set()
         for thread in self._threads:
