@@ -7,12 +7,13 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Row, insert, text
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidField, NotFound, QueueFull
-from shared.models import Agent, Execution, new_id, utcnow
+from shared.models import Execution, new_id, utcnow
 from shared.services import Services
 from shared.slots import submitted_us
 from shared.states import ExecutionStatus, Trigger
@@ -23,7 +24,6 @@ MAX_MESSAGE_BYTES = 100 * 1024  #: largest message accepted, in UTF-8 bytes
 MODEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/\[\]-]{0,127}")
 #: Concurrent submissions to one agent that the lock-free path tolerates near queue_limit.
 LOCK_MARGIN = 256
-_IN_FLIGHT = (ExecutionStatus.pending.value, ExecutionStatus.running.value)
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def validate_model(model: object, field: str = "model") -> str | None:
     return model
 
 
-def validate_timeout(timeout: object, agent: Agent, field: str = "timeout_seconds") -> int | None:
+def validate_timeout(timeout: object, agent: Any, field: str = "timeout_seconds") -> int | None:
     """None, or whole seconds between 1 and the agent's own timeout_seconds."""
     if timeout is None:
         return None
@@ -66,36 +66,39 @@ def validate_timeout(timeout: object, agent: Agent, field: str = "timeout_second
     return timeout
 
 
-def _in_flight(session: Session, agent_name: str) -> int:
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(Execution)
-            .where(Execution.agent_name == agent_name, Execution.status.in_(_IN_FLIGHT))
-        )
-        or 0
-    )
+_AGENT = text(
+    "SELECT a.name, a.max_parallel_tasks, a.queue_limit, a.timeout_seconds, a.default_model,"
+    " (SELECT count(*) FROM executions e"
+    "   WHERE e.agent_name = a.name AND e.status IN ('pending', 'running')) AS in_flight"
+    " FROM agents a WHERE a.name = :name"
+)
+_LOCK_AGENT = text("SELECT 1 FROM agents WHERE name = :name FOR NO KEY UPDATE")
+_IN_FLIGHT = text(
+    "SELECT count(*) FROM executions WHERE agent_name = :name AND status IN ('pending', 'running')"
+)
 
 
-def _check_queue_limit(session: Session, agent: Agent) -> int:
-    """Refuse beyond max_parallel_tasks + queue_limit in flight; returns the in-flight count.
+def _load_agent(session: Session, agent_name: str) -> tuple[Row[Any], int]:
+    """The agent's limits and its in-flight count, refusing beyond max_parallel + queue_limit.
 
-    Far from the limit no lock is taken, so one agent's submissions run in parallel; within
-    LOCK_MARGIN of it, a row lock on the agent serialises them and the limit is exact.
+    Far from the limit this is one query and no lock, so one agent's submissions run in
+    parallel; within LOCK_MARGIN of it, a row lock on the agent serialises them and a fresh
+    count (a new statement, so a new snapshot) makes the limit exact.
     """
+    agent = session.execute(_AGENT, {"name": agent_name}).one_or_none()
+    if agent is None:
+        raise NotFound(f"agent '{agent_name}' does not exist")
     limit = agent.max_parallel_tasks + agent.queue_limit
-    in_flight = _in_flight(session, agent.name)
+    in_flight = int(agent.in_flight)
     if in_flight + LOCK_MARGIN >= limit:
-        session.execute(
-            select(Agent.name).where(Agent.name == agent.name).with_for_update(key_share=True)
-        )
-        in_flight = _in_flight(session, agent.name)
+        session.execute(_LOCK_AGENT, {"name": agent_name})
+        in_flight = int(session.execute(_IN_FLIGHT, {"name": agent_name}).scalar_one())
     if in_flight >= limit:
         raise QueueFull(
-            f"agent '{agent.name}' has {agent.queue_limit} executions waiting (queue_limit); "
+            f"agent '{agent_name}' has {agent.queue_limit} executions waiting (queue_limit); "
             "try again when some have finished"
         )
-    return int(in_flight)
+    return agent, in_flight
 
 
 def submit_execution(
@@ -116,11 +119,8 @@ def submit_execution(
     message = validate_message(message)
     model = validate_model(model)
     with services.Session.begin() as session:
-        agent = session.get(Agent, agent_name)
-        if agent is None:
-            raise NotFound(f"agent '{agent_name}' does not exist")
+        agent, in_flight = _load_agent(session, agent_name)
         timeout = validate_timeout(timeout_seconds, agent)
-        in_flight = _check_queue_limit(session, agent)
         now = utcnow()
         values = dict(
             id=new_id(),

@@ -35,17 +35,22 @@ _CLAIM = text(
     " WHERE id = :id AND status = 'pending' RETURNING attempt"
 )
 # A stop accepted before this write wins over whatever the run produced (invariant 2).
-_FINISH = text(
+_FINISH_SQL = (
     "UPDATE executions SET"
     " status = CASE WHEN cancel_requested_at IS NULL THEN :status ELSE 'cancelled' END,"
     " error = CASE WHEN cancel_requested_at IS NULL THEN :error ELSE :stopped END,"
     " completed_at = :now, "
     + ", ".join(f"{name} = :{name}" for name in OUTCOME_FIELDS if name != "error")
-    + " WHERE id = :id AND status = 'running' AND attempt = :attempt RETURNING status, error"
+    + " WHERE id = :id AND status = 'running' AND attempt = :attempt"
+    " RETURNING id, status, error"
 )
-_TRANSCRIPT = text(
-    "INSERT INTO transcripts (execution_id, content, line_count, truncated)"
-    " VALUES (:execution_id, :content, :line_count, :truncated)"
+_FINISH = text(_FINISH_SQL)
+# The transcript goes in with the terminal write, in one round trip, and only if it won.
+_FINISH_WITH_TRANSCRIPT = text(
+    f"WITH done AS ({_FINISH_SQL}),"
+    " saved AS (INSERT INTO transcripts (execution_id, content, line_count, truncated)"
+    " SELECT id, :content, :line_count, :truncated FROM done)"
+    " SELECT id, status, error FROM done"
 )
 _HEARTBEAT = text(
     "UPDATE executions SET heartbeat_at = :now"
@@ -72,24 +77,20 @@ def finish(
     fields: dict[str, Any],
     transcript: Transcript | None = None,
 ) -> Row[Any] | None:
-    """CAS running(attempt) -> terminal; returns (status, error) as written, None if moved on."""
+    """CAS running(attempt) -> terminal; returns (id, status, error) as written, or None."""
     assert status.terminal
     params = {name: fields.get(name) for name in OUTCOME_FIELDS}
     params.update(
         id=execution_id, attempt=attempt, status=status.value, now=utcnow(), stopped=STOPPED_ERROR
     )
-    done = session.execute(_FINISH, params).one_or_none()
-    if done is not None and transcript is not None:  # a stale worker never gets here
-        session.execute(
-            _TRANSCRIPT,
-            {
-                "execution_id": transcript.execution_id,
-                "content": transcript.content,
-                "line_count": transcript.line_count,
-                "truncated": bool(transcript.truncated),
-            },
-        )
-    return done
+    if transcript is None:
+        return session.execute(_FINISH, params).one_or_none()
+    params.update(
+        content=transcript.content,
+        line_count=transcript.line_count,
+        truncated=bool(transcript.truncated),
+    )
+    return session.execute(_FINISH_WITH_TRANSCRIPT, params).one_or_none()
 
 
 def heartbeat(session: Session, execution_id: str, attempt: int) -> tuple[bool, bool]:
