@@ -6,7 +6,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ from shared.states import AgentOutput, ExecutionStatus
 from shared.stopping import STOPPED_ERROR
 from workers import lifecycle
 from workers.control import StopListener
+from workers.heartbeat import Heartbeats, Watch
 from workers.runner import RunOutcome, run_agent
 from workers.stream_json import parser_for
 
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_STORED_BYTES = 64 * 1024 * 1024  #: transcript bytes kept per execution, then a marker
-ROW_EVERY = 3  #: heartbeats between writes of heartbeat_at (the lease is renewed every beat)
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,7 @@ class Executor:
     def __init__(self, services: Services):
         self.services = services
         self.stops = StopListener(services.redis)
+        self.heartbeats = Heartbeats(services.settings.heartbeat_seconds)
 
     @property
     def worker_id(self) -> str:
@@ -175,9 +175,16 @@ class Executor:
             parser.feed(line)
             events.line(line)
 
-        watch = _Watch(self.services, job, attempt)
+        watch = Watch(
+            self.services,
+            job.agent_name,
+            job.execution_id,
+            job.max_parallel,
+            job.timeout_seconds,
+            attempt,
+        )
         self.stops.register(job.execution_id, lambda: watch.kill("cancel"))
-        watch.start()
+        self.heartbeats.add(watch)
         try:
             outcome: RunOutcome | str = run_agent(
                 _argv(job),
@@ -194,7 +201,7 @@ class Executor:
             outcome = f"could not start agent: {exc}"
         finally:
             self.stops.unregister(job.execution_id)
-            watch.close()
+            self.heartbeats.remove(watch)
         status, fields = judge(job, outcome, parser.result(), watch.reason)
         row = Transcript(
             execution_id=job.execution_id,
@@ -262,60 +269,3 @@ def _error(job: Job, outcome: RunOutcome, parsed: Any, reason: str | None) -> st
     if parsed.is_error:
         return parsed.error or "agent reported an error"
     return None
-
-
-class _Watch(threading.Thread):
-    """Heartbeat: renews the lease, stamps heartbeat_at, and notices stop requests."""
-
-    def __init__(self, services: Services, job: Job, attempt: int):
-        super().__init__(name=f"watch-{job.execution_id}", daemon=True)
-        self.services, self.job, self.attempt = services, job, attempt
-        self.stop = threading.Event()  # set to kill the agent
-        self.reason: str | None = None
-        self.beats = 0
-        self.began = time.monotonic()
-        self._closed = threading.Event()
-
-    def run(self) -> None:
-        period = self.services.settings.heartbeat_seconds
-        while not self._closed.wait(period):
-            self.beat()
-
-    def beat(self) -> None:
-        """One heartbeat: the lease every time (it fences), the row every ROW_EVERY beats."""
-        self.beats += 1
-        remaining = (
-            self.job.timeout_seconds
-            + self.services.settings.lease_buffer_seconds
-            - (time.monotonic() - self.began)
-        )
-        try:
-            if not self.services.slots.renew(
-                self.job.agent_name, self.job.execution_id, self.job.max_parallel, remaining
-            ):
-                return self.kill("lease")
-        except Exception:  # Redis briefly away: the row check below still fences us
-            log.warning("lease renewal failed for %s", self.job.execution_id, exc_info=True)
-        if self.beats % ROW_EVERY:
-            return None
-        try:
-            with self.services.Session.begin() as session:
-                ours, stop = lifecycle.heartbeat(session, self.job.execution_id, self.attempt)
-        except Exception:
-            log.warning("heartbeat write failed for %s", self.job.execution_id, exc_info=True)
-            return None
-        if not ours:
-            self.kill("lease")
-        elif stop:
-            self.kill("cancel")
-        return None
-
-    def kill(self, reason: str) -> None:
-        """Stop the agent for `reason` ('cancel' or 'lease'); the first reason sticks."""
-        if self.reason is None:
-            self.reason = reason
-        self.stop.set()
-
-    def close(self) -> None:
-        self._closed.set()
-        self.join(timeout=5)
