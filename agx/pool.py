@@ -52,12 +52,16 @@ def _kill_orphans(master: int) -> None:
 
 def run_pool(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Run the Dramatiq CLI as our child; forward stop signals; kill orphans; return its code."""
-    become_subreaper()
-    master = subprocess.Popen(list(argv), env=dict(env))
+    guarded = become_subreaper()
+    master = subprocess.Popen(list(argv), env={**env, "AGX_ORPHAN_GUARD": "1" if guarded else "0"})
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: master.send_signal(signum))
     while master.poll() is None:
         _kill_orphans(master.pid)
         time.sleep(SCAN_SECONDS)
-    _kill_orphans(master.pid)
+    for _ in range(100):  # killing an orphan re-parents its children here: repeat until none
+        if not _children():
+            break
+        _kill_orphans(master.pid)
+        time.sleep(0.02)
     return master.returncode if master.returncode >= 0 else 128 - master.returncode

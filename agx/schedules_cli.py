@@ -24,8 +24,10 @@ def _call(method: str, path: str, body: Any = None) -> Any:
 
 def _line(item: dict[str, Any]) -> str:
     state = "on " if item["enabled"] else "off"
-    return (f"{item['id']}  {item['agent_name']:<16} {state} {item['cron']:<18} "
-            f"{item['timezone']:<18} next {item['next_run_at'] or '-':<25} {item['name'][:40]!r}")
+    return (
+        f"{item['id']}  {item['agent_name']:<16} {state} {item['cron']:<18} "
+        f"{item['timezone']:<18} next {item['next_run_at'] or '-':<25} {item['name'][:40]!r}"
+    )
 
 
 @click.group()
@@ -38,27 +40,66 @@ def schedules() -> None:
 @click.argument("cron")
 @click.argument("message", required=False)
 @click.option("--name", default=None, help="Defaults to the message's first line.")
-@click.option("--timezone", "--tz", "timezone", default="UTC", show_default=True,
-              help="IANA zone, like Europe/Berlin.")
+@click.option(
+    "--timezone",
+    "--tz",
+    "timezone",
+    default="UTC",
+    show_default=True,
+    help="IANA zone, like Europe/Berlin.",
+)
 @click.option("--model", default=None)
-@click.option("--overlap", type=click.Choice(["skip", "queue", "allow"]), default="skip",
-              show_default=True, help="What a fire does while the previous run is in flight.")
-@click.option("--misfire-grace", "grace", type=int, default=300, show_default=True,
-              help="Seconds late a fire may still run (after schedulers were down).")
+@click.option(
+    "--overlap",
+    type=click.Choice(["skip", "queue", "allow"]),
+    default="skip",
+    show_default=True,
+    help="What a fire does while the previous run is in flight.",
+)
+@click.option(
+    "--misfire-grace",
+    "grace",
+    type=int,
+    default=300,
+    show_default=True,
+    help="Seconds late a fire may still run (after schedulers were down).",
+)
 @click.option("--paused", is_flag=True, help="Create it disabled.")
-@click.option("--from-execution", "from_execution", default=None,
-              help="Repeat this execution's message and model (Make Repeatable).")
-def add(agent: str, cron: str, message: str | None, name: str | None, timezone: str,
-        model: str | None, overlap: str, grace: int, paused: bool,
-        from_execution: str | None) -> None:
+@click.option(
+    "--from-execution",
+    "from_execution",
+    default=None,
+    help="Repeat this execution's message and model (Make Repeatable).",
+)
+def add(
+    agent: str,
+    cron: str,
+    message: str | None,
+    name: str | None,
+    timezone: str,
+    model: str | None,
+    overlap: str,
+    grace: int,
+    paused: bool,
+    from_execution: str | None,
+) -> None:
     """Schedule MESSAGE for AGENT on CRON (standard 5 fields, e.g. '0 9 * * mon-fri')."""
     if message is None and from_execution is None:
         raise click.UsageError("give MESSAGE or --from-execution ID")
-    body = {"cron": cron, "timezone": timezone, "message": message, "name": name,
-            "model": model, "overlap": overlap, "misfire_grace_seconds": grace,
-            "enabled": not paused, "from_execution_id": from_execution}
-    created = _call("POST", f"/api/agents/{agent}/schedules",
-                    {k: v for k, v in body.items() if v is not None})
+    body = {
+        "cron": cron,
+        "timezone": timezone,
+        "message": message,
+        "name": name,
+        "model": model,
+        "overlap": overlap,
+        "misfire_grace_seconds": grace,
+        "enabled": not paused,
+        "from_execution_id": from_execution,
+    }
+    created = _call(
+        "POST", f"/api/agents/{agent}/schedules", {k: v for k, v in body.items() if v is not None}
+    )
     click.echo(_line(created))
 
 
@@ -101,8 +142,12 @@ def resume(schedule_id: str) -> None:
 
 
 @click.command()
-@click.option("--poll-seconds", default=1.0, show_default=True,
-              help="How often schedule changes are read from the database.")
+@click.option(
+    "--poll-seconds",
+    default=1.0,
+    show_default=True,
+    help="How often schedule changes are read from the database.",
+)
 @click.option("--threads", default=10, show_default=True, help="Fires handled at once.")
 def scheduler(poll_seconds: float, threads: int) -> None:
     """Run the cron service: fire enabled schedules (any number of these may run)."""
@@ -113,8 +158,9 @@ def scheduler(poll_seconds: float, threads: int) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     services = Services(Settings.from_env().require(), pool_size=threads + 2)
-    service = SchedulerService(services, poll_seconds=poll_seconds, threads=threads,
-                               allow_seconds=test_seconds_enabled())
+    service = SchedulerService(
+        services, poll_seconds=poll_seconds, threads=threads, allow_seconds=test_seconds_enabled()
+    )
     try:
         service.run(stop)
     except KeyboardInterrupt:

@@ -196,6 +196,7 @@ class Executor:
                 env=job.env,
                 max_total_bytes=MAX_STORED_BYTES,
                 on_flush=events.flush,
+                die_with_parent=not self.services.settings.orphan_guard,
             )
         except OSError as exc:
             outcome = f"could not start agent: {exc}"

@@ -214,10 +214,15 @@ def _close(pipe: IO[bytes]) -> None:
 _SETPRIV = shutil.which("setpriv")
 
 
-def _spawn(argv: list[str], workdir: str | None, env: Mapping[str, str] | None) -> Popen[bytes]:
+def _spawn(
+    argv: list[str],
+    workdir: str | None,
+    env: Mapping[str, str] | None,
+    die_with_parent: bool = True,
+) -> Popen[bytes]:
     merged = None if env is None else {**os.environ, **env}
-    preexec = death_pact()
-    if _SETPRIV is not None:
+    preexec = death_pact() if die_with_parent else None
+    if die_with_parent and _SETPRIV is not None:
         _resolve(argv[0], merged, workdir)  # a missing program still raises, as with exec
         argv, preexec = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv], None
     return Popen(
@@ -300,15 +305,18 @@ def run_agent(
     max_total_bytes: int = 256 * 1_048_576,
     on_start: Callable[[int], None] | None = None,
     on_flush: Callable[[], None] | None = None,
+    die_with_parent: bool = True,
 ) -> RunOutcome:
     """Run argv with stdin_text on stdin, pass each stdout line to on_line, report how it ended.
 
     `on_flush` is called (on the reader thread) after the lines of each read from the pipe.
+    `die_with_parent=False` skips the parent-death signal (and its cost) where a subreaper
+    already kills what a dead worker leaves behind (`agx workers`).
     """
     started = time.monotonic()
     lines = _LineSplitter(on_line, max_line_bytes, max_total_bytes)
     tail = _Tail(STDERR_TAIL_BYTES)
-    proc = _spawn(argv, workdir, env)
+    proc = _spawn(argv, workdir, env, die_with_parent)
     pipes = _Pipes(proc, stdin_text.encode(), lines, tail, on_flush)
     why = "error"
     try:
