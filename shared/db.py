@@ -14,10 +14,17 @@ from shared.settings import normalize_database_url
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str, pool_size: int = 10, pre_ping: bool = True) -> Engine:
-    """Create an engine for a PostgreSQL URL in any accepted form."""
+def make_engine(
+    url: str, pool_size: int = 10, pre_ping: bool = True, autocommit: bool = False
+) -> Engine:
+    """Create an engine for a PostgreSQL URL in any accepted form.
+
+    `autocommit` suits callers whose every write is one statement (the worker): no BEGIN and
+    COMMIT round trips around each.
+    """
     return create_engine(
         normalize_database_url(url),
+        isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=pre_ping,

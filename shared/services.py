@@ -26,13 +26,17 @@ class Services:
     #: ping each pooled connection before use (survives a PostgreSQL restart at one round trip
     #: per transaction; workers turn it off and let the reaper recover what a broken one fails)
     pre_ping: bool = True
+    #: every statement its own transaction (for callers that only ever write one at a time)
+    autocommit: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @cached_property
     def engine(self) -> Engine:
         """The SQLAlchemy engine."""
         assert self.settings.database_url, "AGX_DATABASE_URL is not set"
-        return make_engine(self.settings.database_url, self.pool_size, self.pre_ping)
+        return make_engine(
+            self.settings.database_url, self.pool_size, self.pre_ping, self.autocommit
+        )
 
     @cached_property
     def Session(self) -> sessionmaker[Session]:  # noqa: N802 - it is a session factory

@@ -13,7 +13,8 @@ from workers.executor import Executor
 
 settings = Settings.from_env().require()
 broker = setup_broker(settings.effective_broker_url)
-services = Services(settings, pool_size=16, pre_ping=False)
+# Every worker write is a single compare-and-set statement: autocommit saves BEGIN/COMMIT.
+services = Services(settings, pool_size=16, pre_ping=False, autocommit=True)
 services.broker = broker  # publish promotions on the worker's own connection
 executor = Executor(services)
 
