@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, text
+from sqlalchemy import Connection, Row, text
 from sqlalchemy.orm import Session
 
 from shared.models import Transcript, utcnow
@@ -63,14 +63,14 @@ _QUEUED = text(
 )
 
 
-def claim(session: Session, execution_id: str, worker_id: str) -> int | None:
+def claim(session: Session | Connection, execution_id: str, worker_id: str) -> int | None:
     """CAS pending -> running, bumping the fencing token; returns the new attempt or None."""
     params = {"id": execution_id, "now": utcnow(), "worker": worker_id}
     return session.execute(_CLAIM, params).scalar_one_or_none()
 
 
 def finish(
-    session: Session,
+    session: Session | Connection,
     execution_id: str,
     attempt: int,
     status: ExecutionStatus,
@@ -93,7 +93,7 @@ def finish(
     return session.execute(_FINISH_WITH_TRANSCRIPT, params).one_or_none()
 
 
-def heartbeat(session: Session, execution_id: str, attempt: int) -> tuple[bool, bool]:
+def heartbeat(session: Session | Connection, execution_id: str, attempt: int) -> tuple[bool, bool]:
     """Record liveness; returns (still ours, stop requested)."""
     row = session.execute(
         _HEARTBEAT, {"id": execution_id, "attempt": attempt, "now": utcnow()}
@@ -103,6 +103,6 @@ def heartbeat(session: Session, execution_id: str, attempt: int) -> tuple[bool, 
     return True, row[0] is not None
 
 
-def mark_queued(session: Session, execution_id: str) -> None:
+def mark_queued(session: Session | Connection, execution_id: str) -> None:
     """Stamp queued_at the first time an execution is parked in its agent's waiting list."""
     session.execute(_QUEUED, {"id": execution_id, "now": utcnow()})
