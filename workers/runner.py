@@ -128,10 +128,9 @@ class _Pipes:
         self._lines = lines
         self._on_flush = on_flush or (lambda: None)
         self._stdin, self._data = proc.stdin, data
-        self._readers = [
-            Thread(target=self._read_lines, args=(proc.stdout,), daemon=True),
-            Thread(target=_pump, args=(proc.stderr, tail.feed, self._give_up), daemon=True),
-        ]
+        self._tail = tail
+        # One thread drains both stdout and stderr: one thread start per run, not two.
+        self._readers = [Thread(target=self._read, args=(proc.stdout, proc.stderr), daemon=True)]
         self._threads = list(self._readers)
 
     def start(self) -> None:
@@ -163,9 +162,9 @@ class _Pipes:
         self._lines.feed(chunk)
         self._on_flush()  # the lines of one read go on together
 
-    def _read_lines(self, pipe: IO[bytes]) -> None:
+    def _read(self, stdout: IO[bytes], stderr: IO[bytes]) -> None:
         try:
-            _pump(pipe, self._feed, self._give_up)
+            _pump({stdout: self._feed, stderr: self._tail.feed}, self._give_up)
             self._lines.finish()
             self._on_flush()
         except BaseException as exc:  # handed to the caller's thread, which re-raises it
@@ -185,23 +184,27 @@ def _write_all(pipe: IO[bytes], data: bytes) -> None:
         _close(pipe)
 
 
-def _pump(pipe: IO[bytes], sink: Callable[[bytes], None], give_up: threading.Event) -> None:
-    """Copy chunks from pipe to sink until EOF, or until give_up and nothing is left to read."""
-    fd = pipe.fileno()
+def _pump(sinks: dict[IO[bytes], Callable[[bytes], None]], give_up: threading.Event) -> None:
+    """Copy chunks from each pipe to its sink until EOF on all, or give_up and nothing left."""
     poller = select.poll()  # not select.select: a busy worker may hold fds above 1024
-    poller.register(fd, select.POLLIN)
+    by_fd = {pipe.fileno(): (pipe, sink) for pipe, sink in sinks.items()}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
     try:
-        while True:
+        while by_fd:
             giving_up = give_up.is_set()
-            if not poller.poll(0 if giving_up else PIPE_POLL_MS):
-                if giving_up:
-                    return  # an escaped process still holds the pipe but has nothing to say
-                continue
-            if not (chunk := os.read(fd, CHUNK_BYTES)):
-                return
-            sink(chunk)
+            ready = poller.poll(0 if giving_up else PIPE_POLL_MS)
+            if not ready and giving_up:
+                return  # an escaped process still holds a pipe but has nothing to say
+            for fd, _ in ready:
+                if chunk := os.read(fd, CHUNK_BYTES):
+                    by_fd[fd][1](chunk)
+                else:  # EOF
+                    poller.unregister(fd)
+                    _close(by_fd.pop(fd)[0])
     finally:
-        _close(pipe)
+        for pipe, _ in by_fd.values():
+            _close(pipe)
 
 
 def _close(pipe: IO[bytes]) -> None:
