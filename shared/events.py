@@ -44,7 +44,11 @@ def _emit_script(client: redis.Redis) -> Any:
 
 
 def emit(
-    client: redis.Redis, execution_id: str, events: list[dict[str, Any]], final: bool = False
+    client: redis.Redis,
+    execution_id: str,
+    events: list[dict[str, Any]],
+    final: bool = False,
+    via: Any = None,
 ) -> None:
     """Append events to the stream and publish them (one round trip)."""
     if not events:
@@ -57,7 +61,7 @@ def emit(
     for event in events:
         args += [event["id"], json.dumps(event, separators=(",", ":"))]
     keys_ = [keys.events_stream(execution_id), keys.events_channel(execution_id)]
-    _emit_script(client)(keys=keys_, args=args)
+    _emit_script(client)(keys=keys_, args=args, client=via)
 
 
 def read_stream(
@@ -111,25 +115,28 @@ class EventWriter:
         if full:
             self.flush()
 
-    def flush(self, final: bool = False) -> None:
-        """Send what is queued (one round trip per MAX_BATCH events)."""
+    def flush(self, final: bool = False, via: Any = None) -> None:
+        """Send what is queued (one round trip per MAX_BATCH events; queued on `via`, a
+        pipeline, when given)."""
         with self._lock:
             batch, self._pending = self._pending, []
             if not batch:
                 return
             for start in range(0, len(batch), MAX_BATCH):
                 try:
-                    emit(self.client, self.execution_id, batch[start : start + MAX_BATCH], final)
+                    emit(
+                        self.client, self.execution_id, batch[start : start + MAX_BATCH], final, via
+                    )
                 except redis.RedisError:  # live view degrades; PostgreSQL keeps the transcript
                     log.warning("could not publish events of %s", self.execution_id, exc_info=True)
 
-    def close(self, final_status: str | None = None, **extra: Any) -> None:
+    def close(self, final_status: str | None = None, via: Any = None, **extra: Any) -> None:
         """Send the terminal status (if given) and whatever is still queued."""
         with self._lock:
             if final_status:
                 self._pending.append(status_event(self.next_id, final_status, **extra))
                 self.next_id += 1
-        self.flush(final=True)
+        self.flush(final=True, via=via)
 
 
 def replay_stored(

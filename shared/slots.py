@@ -19,6 +19,11 @@ def submitted_us(created_at: datetime) -> int:
     return int(created_at.timestamp() * 1_000_000)
 
 
+def decode_heads(heads: Any) -> list[str]:
+    """Execution ids from the release script's answer."""
+    return [h.decode() if isinstance(h, bytes) else h for h in heads]
+
+
 @dataclass(frozen=True)
 class Admission:
     """The answer to an acquire: admitted, or parked at a 1-based queue position."""
@@ -104,8 +109,14 @@ class Slots:
             )
         )
 
-    def release(self, agent: str, execution_id: str, max_parallel: int) -> list[str]:
-        """Drop this execution's lease or waiting entry; return the waiters that now fit."""
+    def release(
+        self, agent: str, execution_id: str, max_parallel: int, via: Any = None
+    ) -> list[str]:
+        """Drop this execution's lease or waiting entry; return the waiters to publish now.
+
+        With `via` (a pipeline) the script is only queued there; decode its result with
+        `decode_heads`.
+        """
         heads = self._release(
             keys=[
                 keys.slots(agent),
@@ -114,8 +125,9 @@ class Slots:
                 keys.notified(agent),
             ],
             args=[execution_id, max_parallel, self.renotify_ms],
+            client=via,
         )
-        return [h.decode() if isinstance(h, bytes) else h for h in heads]
+        return [] if via is not None else decode_heads(heads)
 
     def heads(self, agent: str, max_parallel: int) -> list[str]:
         """Purge lapsed leases and return the waiters that fit in the free slots."""

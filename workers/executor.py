@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import redis
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
@@ -18,7 +19,7 @@ from shared.models import Transcript
 from shared.rebuild import ensure_epoch
 from shared.redact import redact
 from shared.services import Services
-from shared.slots import Admission, submitted_us
+from shared.slots import Admission, decode_heads, submitted_us
 from shared.states import AgentOutput, ExecutionStatus
 from shared.stopping import STOPPED_ERROR
 from workers import lifecycle
@@ -161,8 +162,20 @@ class Executor:
             submitted_us(row.created_at),
         )
 
-    def _release(self, job: Job) -> None:
-        heads = self.services.slots.release(job.agent_name, job.execution_id, job.max_parallel)
+    def _release(self, job: Job, events: EventWriter | None = None, **final: Any) -> None:
+        """Release the slot and publish the waiters that now fit; with `events`, send their
+        terminal event in the same Redis round trip."""
+        if events is None:
+            heads = self.services.slots.release(job.agent_name, job.execution_id, job.max_parallel)
+        else:
+            pipe = self.services.redis.pipeline(transaction=False)
+            self.services.slots.release(job.agent_name, job.execution_id, job.max_parallel, pipe)
+            events.close(via=pipe, **final)
+            try:
+                heads = decode_heads(pipe.execute()[0])
+            except redis.RedisError:  # the reaper promotes; PostgreSQL has the outcome
+                log.warning("could not release %s", job.execution_id, exc_info=True)
+                return
         for head in heads:
             try:
                 self.services.publish(head)
@@ -219,14 +232,19 @@ class Executor:
         final = self._transaction(
             lambda s: lifecycle.finish(s, job.execution_id, attempt, status, fields, row)
         )
-        self._release(job)  # promote the next waiter before anything else
         if final is None:
             log.warning(
                 "execution %s attempt %s: row moved on; result discarded", job.execution_id, attempt
             )
-            events.close()
+            self._release(job, events)
             return
-        events.close(final.status, error=final.error, response=fields.get("response"))
+        self._release(
+            job,
+            events,
+            final_status=final.status,
+            error=final.error,
+            response=fields.get("response"),
+        )
 
 
 def _argv(job: Job) -> list[str]:
