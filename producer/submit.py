@@ -165,17 +165,17 @@ def _enqueue_and_publish(
         position, fits = 0, True
     if not fits:
         return position, None
-    published = publish_or_defer(services, eid)
+    published = publish_or_defer(services, eid, agent)
     if not published:
         with contextlib.suppress(Exception):  # then the reaper's promotion sends it
             services.slots.forget_notice(agent, eid)
     return None, published
 
 
-def publish_or_defer(services: Services, execution_id: str) -> bool:
+def publish_or_defer(services: Services, execution_id: str, agent: str | None = None) -> bool:
     """Publish the id; on failure leave the row pending for the reaper's re-dispatch sweep."""
     try:
-        services.publish(execution_id)
+        services.publish(execution_id, agent)
         return True
     except Exception:  # any broker failure: the row is the truth, the sweep re-sends
         log.warning(

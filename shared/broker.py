@@ -31,13 +31,20 @@ def setup_broker(url: str) -> dramatiq.Broker:
     return broker
 
 
-def execution_message(queue: str, execution_id: str) -> dramatiq.Message:
-    """The message that carries one execution id to the worker actor."""
+def execution_message(queue: str, execution_id: str, agent: str | None = None) -> dramatiq.Message:
+    """The message for the worker actor: the execution id, and its agent's name so the worker
+    can take a slot before it reads the row."""
     return dramatiq.Message(
-        queue_name=queue, actor_name=ACTOR_NAME, args=(execution_id,), kwargs={}, options={}
+        queue_name=queue,
+        actor_name=ACTOR_NAME,
+        args=(execution_id, agent) if agent else (execution_id,),
+        kwargs={},
+        options={},
     )
 
 
-def publish(broker: dramatiq.Broker, queue: str, execution_id: str) -> None:
+def publish(
+    broker: dramatiq.Broker, queue: str, execution_id: str, agent: str | None = None
+) -> None:
     """Publish an execution id; raises when the broker did not confirm it."""
-    broker.enqueue(execution_message(queue, execution_id))
+    broker.enqueue(execution_message(queue, execution_id, agent))

@@ -45,6 +45,17 @@ def new_id() -> str:
     return "".join(_CROCKFORD[(n >> (5 * i)) & 31] for i in reversed(range(26)))
 
 
+def id_time_us(execution_id: str) -> int:
+    """The submission time (us) an id made by `new_id` carries; 0 for any other id."""
+    try:
+        n = 0
+        for char in execution_id:
+            n = n * 32 + _CROCKFORD.index(char)
+    except ValueError:
+        return 0
+    return (n >> 80) * 1000 if len(execution_id) == 26 else 0
+
+
 class Base(DeclarativeBase):
     """Declarative base for all agx tables."""
 

@@ -60,9 +60,9 @@ class Services:
         with self._lock:
             return make_broker(self.settings.effective_broker_url)
 
-    def publish(self, execution_id: str) -> None:
+    def publish(self, execution_id: str, agent: str | None = None) -> None:
         """Publish an execution id to the executions queue (raises when not confirmed)."""
-        publish(self.broker, self.settings.queue, execution_id)
+        publish(self.broker, self.settings.queue, execution_id, agent)
 
     def close(self) -> None:
         """Release connections (engine pool, Redis, broker)."""

@@ -55,7 +55,7 @@ def _forget_waiter(services: Services, row: Execution, max_parallel: int) -> Non
         return
     for head in heads:
         try:
-            services.publish(head)
+            services.publish(head, row.agent_name)
         except Exception:
             log.warning("could not promote %s; the reaper will", head, exc_info=True)
 

@@ -6,8 +6,9 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import redis
@@ -15,7 +16,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
 from shared.events import EventWriter
-from shared.models import Transcript
+from shared.models import Transcript, id_time_us
 from shared.rebuild import ensure_epoch
 from shared.redact import redact
 from shared.services import Services
@@ -61,6 +62,13 @@ _LOAD = text(
 )
 
 
+_AGENT = text(
+    "SELECT name, command, output, workdir, env, max_parallel_tasks, timeout_seconds"
+    " FROM agents WHERE name = :name"
+)
+AGENT_CACHE_SECONDS = 2.0  #: how long a worker trusts its copy of an agent's settings
+
+
 class Executor:
     """Runs one execution per call to `handle`; safe to call from many threads."""
 
@@ -68,14 +76,18 @@ class Executor:
         self.services = services
         self.stops = StopListener(services.redis)
         self.heartbeats = Heartbeats(services.settings.heartbeat_seconds)
+        self._agents: dict[str, tuple[float, Any]] = {}
 
     @property
     def worker_id(self) -> str:
         """host:pid:thread of the calling worker thread."""
         return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
-    def handle(self, execution_id: str) -> None:
+    def handle(self, execution_id: str, agent: str | None = None) -> None:
         """Take a slot or park; claim with CAS; run; record with CAS; release and promote."""
+        config = self._agent(agent) if agent else None
+        if config is not None:
+            return self._handle_fast(execution_id, config)
         job = self._load(execution_id)
         if job is None:
             return
@@ -106,6 +118,52 @@ class Executor:
         except BaseException:
             self._release(job)
             raise
+
+    def _handle_fast(self, execution_id: str, config: Any) -> None:
+        """With the agent named in the message: slot first, then one statement claims and
+        loads the row (instead of a read, then a claim)."""
+        ticket = _job_from(config, execution_id, id_time_us(execution_id))
+        admission = self._admit(ticket)
+        if admission.needs_rebuild:
+            return
+        if not admission.admitted:
+            self._transaction(lambda s: lifecycle.mark_queued(s, execution_id))
+            return
+        try:
+            row = self._transaction(
+                lambda s: lifecycle.claim_returning(s, execution_id, config.name, self.worker_id)
+            )
+        except BaseException:
+            self._release(ticket)
+            raise
+        if row is None:  # not pending (cancelled, finished, a duplicate message) or no such row
+            again = self._load(execution_id)
+            if again is None or again.status.terminal or again.agent_name != config.name:
+                self._release(ticket)
+            return None
+        job = replace(
+            ticket,
+            message=row.message,
+            model=row.model,
+            resume_session_id=row.resume_session_id,
+            timeout_seconds=row.timeout_seconds or config.timeout_seconds,
+            submitted_us=submitted_us(row.created_at),
+        )
+        try:
+            self._run(job, row.attempt)  # releases the slot itself, right after its terminal write
+        except BaseException:
+            self._release(job)
+            raise
+        return None
+
+    def _agent(self, name: str) -> Any:
+        """The agent's settings, cached for AGENT_CACHE_SECONDS (None if there is no such)."""
+        now = time.monotonic()
+        cached = self._agents.get(name)
+        if cached is None or now - cached[0] > AGENT_CACHE_SECONDS:
+            row = self._transaction(lambda c: c.execute(_AGENT, {"name": name}).one_or_none())
+            cached = self._agents[name] = (now, row)
+        return cached[1]
 
     def _transaction(self, work: Callable[[Connection], T]) -> T:
         """Run one-statement `work` on a pooled connection, again if that connection was stale.
@@ -178,7 +236,7 @@ class Executor:
                 return
         for head in heads:
             try:
-                self.services.publish(head)
+                self.services.publish(head, job.agent_name)
             except Exception:  # the reaper re-sends heads of waiting lists
                 log.warning("could not promote %s; the reaper will", head, exc_info=True)
 
@@ -245,6 +303,25 @@ class Executor:
             error=final.error,
             response=fields.get("response"),
         )
+
+
+def _job_from(config: Any, execution_id: str, submitted: int) -> Job:
+    """A Job with the agent's settings; the execution's own fields come from its claim."""
+    return Job(
+        execution_id,
+        config.name,
+        ExecutionStatus.pending,
+        "",
+        None,
+        None,
+        list(config.command),
+        config.output,
+        config.workdir,
+        {str(k): str(v) for k, v in (config.env or {}).items()},
+        config.max_parallel_tasks,
+        config.timeout_seconds,
+        submitted,
+    )
 
 
 def _argv(job: Job) -> list[str]:

@@ -29,6 +29,12 @@ OUTCOME_FIELDS = (
     "error",
 )
 
+_CLAIM_RETURNING = text(
+    "UPDATE executions SET status = 'running', attempt = attempt + 1, started_at = :now,"
+    " heartbeat_at = :now, worker_id = :worker"
+    " WHERE id = :id AND agent_name = :agent AND status = 'pending'"
+    " RETURNING attempt, message, model, resume_session_id, timeout_seconds, created_at"
+)
 _CLAIM = text(
     "UPDATE executions SET status = 'running', attempt = attempt + 1, started_at = :now,"
     " heartbeat_at = :now, worker_id = :worker"
@@ -67,6 +73,14 @@ def claim(session: Session | Connection, execution_id: str, worker_id: str) -> i
     """CAS pending -> running, bumping the fencing token; returns the new attempt or None."""
     params = {"id": execution_id, "now": utcnow(), "worker": worker_id}
     return session.execute(_CLAIM, params).scalar_one_or_none()
+
+
+def claim_returning(
+    session: Session | Connection, execution_id: str, agent: str, worker_id: str
+) -> Row[Any] | None:
+    """`claim`, also returning what the run needs (attempt, message, model, ...), or None."""
+    params = {"id": execution_id, "agent": agent, "now": utcnow(), "worker": worker_id}
+    return session.execute(_CLAIM_RETURNING, params).one_or_none()
 
 
 def finish(

@@ -22,6 +22,6 @@ logging.getLogger("pika").setLevel(logging.WARNING)
 
 
 @dramatiq.actor(actor_name=ACTOR_NAME, queue_name=settings.queue, max_retries=0)
-def run_execution(execution_id: str) -> None:
+def run_execution(execution_id: str, agent: str | None = None) -> None:
     """Run one execution by id; agent runs are never retried blindly."""
-    executor.handle(execution_id)
+    executor.handle(execution_id, agent)

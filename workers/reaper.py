@@ -58,7 +58,7 @@ def redispatch(services: Services) -> list[str]:
                 row.agent_name, row.id, submitted_us(row.created_at), row.max_parallel_tasks
             )
             if fits:  # the others are published by the release that makes room for them
-                services.publish(row.id)
+                services.publish(row.id, row.agent_name)
         except Exception:
             log.warning("re-dispatch of %s failed; next sweep retries", row.id, exc_info=True)
     return [r.id for r in lost]
@@ -140,7 +140,7 @@ def promote(services: Services) -> list[str]:
     for agent, limit in limits.items():
         for head in services.slots.heads(agent, limit):
             try:
-                services.publish(head)
+                services.publish(head, agent)
                 sent.append(head)
             except Exception:
                 log.warning("promotion of %s failed", head, exc_info=True)
