@@ -77,27 +77,30 @@ _IN_FLIGHT = text(
 )
 
 
-def _load_agent(session: Connection, agent_name: str) -> tuple[Row[Any], int]:
-    """The agent's limits and its in-flight count, refusing beyond max_parallel + queue_limit.
-
-    Far from the limit this is one query and no lock, so one agent's submissions run in
-    parallel; within LOCK_MARGIN of it, a row lock on the agent serialises them and a fresh
-    count (a new statement, so a new snapshot) makes the limit exact.
-    """
-    agent = session.execute(_AGENT, {"name": agent_name}).one_or_none()
+def _agent(conn: Connection, agent_name: str) -> Row[Any]:
+    agent = conn.execute(_AGENT, {"name": agent_name}).one_or_none()
     if agent is None:
         raise NotFound(f"agent '{agent_name}' does not exist")
-    limit = agent.max_parallel_tasks + agent.queue_limit
-    in_flight = int(agent.in_flight)
-    if in_flight + LOCK_MARGIN >= limit:
-        session.execute(_LOCK_AGENT, {"name": agent_name})
-        in_flight = int(session.execute(_IN_FLIGHT, {"name": agent_name}).scalar_one())
-    if in_flight >= limit:
+    return agent
+
+
+def _refuse_if_full(agent: Row[Any], in_flight: int) -> None:
+    if in_flight >= agent.max_parallel_tasks + agent.queue_limit:
         raise QueueFull(
-            f"agent '{agent_name}' has {agent.queue_limit} executions waiting (queue_limit); "
+            f"agent '{agent.name}' has {agent.queue_limit} executions waiting (queue_limit); "
             "try again when some have finished"
         )
-    return agent, in_flight
+
+
+def _insert_exactly(services: Services, agent: Row[Any], row: dict[str, Any]) -> None:
+    """Near the limit: lock the agent row, count afresh (a new statement, a new snapshot),
+    then refuse or insert, in one transaction, so the limit is exact under concurrency."""
+    with services.engine.begin() as tx:
+        tx.execute(_LOCK_AGENT, {"name": agent.name})
+        in_flight = int(tx.execute(_IN_FLIGHT, {"name": agent.name}).scalar_one())
+        _refuse_if_full(agent, in_flight)
+        row["queued_at"] = row["created_at"] if in_flight >= agent.max_parallel_tasks else None
+        tx.execute(insert(Execution.__table__), row)  # type: ignore[arg-type]
 
 
 def submit_execution(
@@ -114,37 +117,41 @@ def submit_execution(
     parent_execution_id: str | None = None,
     resume_session_id: str | None = None,
 ) -> Submitted:
-    """Validate, store the row `pending`, commit, then publish its id (re-sent if that fails)."""
+    """Validate, store the row `pending`, then publish its id (re-sent if that fails)."""
     message = validate_message(message)
     model = validate_model(model)
-    # A plain connection: a Session's bookkeeping costs more than these three statements.
-    with services.engine.begin() as session:
-        agent, in_flight = _load_agent(session, agent_name)
-        timeout = validate_timeout(timeout_seconds, agent)
+    # Plain autocommit statements: a Session, BEGIN and COMMIT would cost more than the work.
+    with services.engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        agent = _agent(conn, agent_name)
+        _refuse_if_full(agent, agent.in_flight)
         now = utcnow()
-        values = dict(
+        row: dict[str, Any] = dict(
             id=new_id(),
             agent_name=agent.name,
             status=ExecutionStatus.pending.value,
             triggered_by=Trigger(triggered_by).value,
             message=message,
             model=model or agent.default_model,
-            timeout_seconds=timeout,
+            timeout_seconds=validate_timeout(timeout_seconds, agent),
             source=source,
             schedule_id=schedule_id,
             scheduled_for=scheduled_for,
             parent_execution_id=parent_execution_id,
             resume_session_id=resume_session_id,
             created_at=now,
-            queued_at=now if in_flight >= agent.max_parallel_tasks else None,
+            queued_at=now if agent.in_flight >= agent.max_parallel_tasks else None,
             dispatched_at=now,
             attempt=0,
         )
-        # A Core insert: the ORM unit of work costs more CPU than the rest of a submission.
-        session.execute(insert(Execution.__table__), values)  # type: ignore[arg-type]
-        max_parallel = agent.max_parallel_tasks
-    execution = Execution(**values)
-    position, published = _enqueue_and_publish(services, execution, max_parallel)
+        # Far from the limit: no lock, so one agent's submissions run in parallel.
+        fast = agent.in_flight + LOCK_MARGIN < agent.max_parallel_tasks + agent.queue_limit
+        if fast:
+            conn.execute(insert(Execution.__table__), row)  # type: ignore[arg-type]
+    if not fast:  # after giving that connection back: never hold two from the pool at once
+        _insert_exactly(services, agent, row)
+    execution = Execution(**row)
+    position, published = _enqueue_and_publish(services, execution, agent.max_parallel_tasks)
     return Submitted(execution, position, published)
 
 
