@@ -36,3 +36,23 @@ def test_a_submitted_task_runs_on_a_worker_and_records_its_outcome(
     record = client.get(f"/api/agents/demo/executions/{row.id}").json
     assert record["status"] == "completed" and record["transcript"] == transcript.content
     assert record["created_at"].endswith("Z")
+
+
+def test_a_message_that_does_not_name_its_agent_still_runs(
+    services, make_agent, processes, broker_kind
+):
+    """Messages from producers before messages carried the agent (a rolling deploy)."""
+    from shared.broker import publish
+    from shared.slots import submitted_us
+
+    make_agent("demo")
+    with services.Session.begin() as session:
+        row = Execution(
+            agent_name="demo", message="old style", status="pending", triggered_by="manual"
+        )
+        session.add(row)
+    services.slots.enqueue("demo", row.id, submitted_us(row.created_at), 3)
+    publish(services.broker, services.settings.queue, row.id)
+    processes.workers()
+    done = wait_for(lambda: _finished(services, row.id), 60, message="completion")
+    assert done.status == "completed" and done.response == "demo: old style"

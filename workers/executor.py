@@ -86,42 +86,19 @@ class Executor:
     def handle(self, execution_id: str, agent: str | None = None) -> None:
         """Take a slot or park; claim with CAS; run; record with CAS; release and promote."""
         config = self._agent(agent) if agent else None
-        if config is not None:
-            return self._handle_fast(execution_id, config)
-        job = self._load(execution_id)
-        if job is None:
-            return
-        if job.status is not ExecutionStatus.pending:
-            if job.status.terminal:  # a stale waiting entry must not block the list
-                self._release(job)
-            return
-        admission = self._admit(job)
-        if admission.needs_rebuild:
-            return  # another process is rebuilding Redis; it promotes the waiters after
-        if not admission.admitted:
-            self._transaction(lambda s: lifecycle.mark_queued(s, job.execution_id))
-            return
-        try:
-            attempt = self._transaction(
-                lambda s: lifecycle.claim(s, job.execution_id, self.worker_id)
-            )
-        except BaseException:
-            self._release(job)
-            raise
-        if attempt is None:  # cancelled meanwhile, or a duplicate message lost the race
-            again = self._load(execution_id)
-            if again is not None and again.status.terminal:
-                self._release(job)
-            return
-        try:
-            self._run(job, attempt)  # releases the slot itself, right after its terminal write
-        except BaseException:
-            self._release(job)
-            raise
+        if config is None:  # a message that does not name its agent (or names a wrong one)
+            job = self._load(execution_id)
+            if job is None:
+                return
+            if job.status is not ExecutionStatus.pending:
+                if job.status.terminal:  # a stale waiting entry must not block the list
+                    self._release(job)
+                return
+            config = self._agent(job.agent_name)
+        self._claim_and_run(execution_id, config)
 
-    def _handle_fast(self, execution_id: str, config: Any) -> None:
-        """With the agent named in the message: slot first, then one statement claims and
-        loads the row (instead of a read, then a claim)."""
+    def _claim_and_run(self, execution_id: str, config: Any) -> None:
+        """Slot first, then one statement claims and loads the row, then the run."""
         ticket = _job_from(config, execution_id, id_time_us(execution_id))
         admission = self._admit(ticket)
         if admission.needs_rebuild:
