@@ -164,10 +164,12 @@ def settle(services: Services, settled: Sequence[Settled]) -> None:
         return
     with services.Session.begin() as session:
         relax_durability(session)
-        finish(session, [(s.claim.fire_id, s.outcome, s.reason, s.execution_id)
-                         for s in settled])
+        # Schedules before their fires: the order a schedule's deletion locks them in (it
+        # cascades to its fires), so the two cannot deadlock.
         set_last_run(session, [s.claim.schedule_id for s in settled
                                if s.outcome is FireOutcome.submitted], utcnow())
+        finish(session, [(s.claim.fire_id, s.outcome, s.reason, s.execution_id)
+                         for s in settled])
     for s in settled:
         log.info("schedule %s at %s %s: %s", s.claim.schedule_id, s.claim.due.isoformat(),
                  s.outcome, s.execution_id or s.reason)
