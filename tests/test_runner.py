@@ -258,7 +258,7 @@ from workers.runner import run_agent
 
 def work():
     run_agent(
-        [sys.executable, "-c", "import time; time.sleep(3600)"],
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(3600)"],
         stdin_text="",
         on_line=print,
         timeout_seconds=3600,
@@ -277,6 +277,9 @@ def test_the_agent_dies_when_the_worker_process_is_sigkilled(tmp_path: Path) -> 
         ready, _, _ = select.select([parent.stdout], [], [], DEADLINE_SECONDS)
         assert ready, "the parent never started the agent"
         agent = int(parent.stdout.readline())
+        # Mid-run: the agent program itself is running (setpriv's prctl, done before its exec,
+        # is behind us; the pool's subreaper covers the first millisecond, see runner._spawn).
+        assert parent.stdout.readline().strip() == b"up"
         assert not is_gone(agent)
         parent.kill()
     assert wait_gone(agent)

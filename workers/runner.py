@@ -213,7 +213,10 @@ def _close(pipe: IO[bytes]) -> None:
 
 
 #: util-linux's setpriv sets the parent-death signal without a preexec_fn (which would make
-#: every spawn a full fork of the worker instead of a vfork).
+#: every spawn a full fork of the worker instead of a vfork). Unlike `death_pact` it does not
+#: re-check its parent after the prctl, so a worker killed in the millisecond between the spawn
+#: and setpriv's prctl leaves the agent to init; under `agx workers` the pool's subreaper
+#: (the orphan guard) covers that window, and every other exit path kills the group.
 _SETPRIV = shutil.which("setpriv")
 
 
