@@ -110,6 +110,32 @@ def group_cpu(pgid: int) -> tuple[float, float]:
     return own, children
 
 
+SERVICES = {"postgres": "postgres", "redis-server": "redis", "beam.smp": "rabbitmq"}
+
+
+def machine_cpu() -> dict[str, float]:
+    """CPU seconds so far: the whole machine (/proc/stat), this process (the submitters), and
+    the live processes of each service (PostgreSQL backends, Redis, RabbitMQ) by name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        cpu = [int(x) for x in f.readline().split()[1:]]
+    totals = {"machine": (sum(cpu) - cpu[3] - cpu[4]) / tick}  # all but idle and iowait
+    own = os.times()
+    totals["bench"] = own.user + own.system
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm, _, rest = (entry / "stat").read_text().partition(") ")
+        except OSError:
+            continue
+        name = SERVICES.get(comm.partition(" (")[2])
+        if name:
+            fields = rest.split()
+            totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return totals
+
+
 def kill_agents(record: Path) -> None:
     """SIGKILL agent processes of this bench run (their env names our record file).
 
@@ -207,6 +233,7 @@ class Result:
     runs_per_message: Counter[str] = field(default_factory=Counter)
     leftover: int = 0  # messages still in the queue once every row is terminal
     cpu: tuple[float, float] = (math.nan, math.nan)  # worker pool CPU s: own, agents
+    machine: dict[str, float] = field(default_factory=dict)  # CPU s under load, see machine_cpu
 
     @property
     def finished(self) -> int:
@@ -238,6 +265,7 @@ class Side:
         self.log = workdir / f"{self.name}-workers.log"
         self._db = threading.local()
         self.cpu = (math.nan, math.nan)
+        self.machine: dict[str, float] = {}
 
     # subclass API
     def prepare(self) -> None: ...
@@ -365,6 +393,7 @@ class Side:
         pool = [threading.Thread(target=submitter, args=(k,), daemon=True)
                 for k in range(threads)]
         cpu0 = group_cpu(self.proc.pid)
+        machine0 = machine_cpu()
         for t in pool:
             t.start()
         for t in pool:
@@ -376,7 +405,9 @@ class Side:
                                         stall=self.args.stall)
         end = time.time()
         cpu1 = group_cpu(self.proc.pid)
+        machine1 = machine_cpu()
         self.cpu = (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
+        self.machine = {k: machine1.get(k, 0.0) - v for k, v in machine0.items()}
         self.collect(done)
         first = min(r.submitted for r in done)
         last = end if unfinished else max(r.completed for r in done)
@@ -393,6 +424,7 @@ class Side:
                 result.idle = self.idle(self.args.idle_samples)
             result.load, result.wall = self.load(self.args.count)
             result.cpu = self.cpu
+            result.machine = self.machine
             if self.record.exists():
                 result.runs_per_message = Counter(
                     line.split()[0] for line in self.record.read_text().splitlines() if line)
@@ -548,6 +580,10 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         print(f"{r.name}: worker pool CPU under load {r.cpu[0]:.1f} s "
               f"({r.cpu[0] / n * 1000:.1f} ms per execution), agent processes "
               f"{r.cpu[1] / n * 1000:.1f} ms per execution")
+        parts = ", ".join(f"{k} {v / n * 1000:.2f}" for k, v in r.machine.items() if k != "machine")
+        total = r.machine.get("machine", math.nan) / n * 1000
+        print(f"{r.name}: machine CPU under load {total:.1f} ms per execution ({parts}; "
+              "services: live processes only)")
     for r in results:
         if r.leftover:
             print(f"{r.name}: {r.leftover} messages still queued after every row was terminal "
