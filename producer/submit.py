@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, insert, text
+import psycopg
+from sqlalchemy import text
 
+from shared.db import driver, driver_connection, one
 from shared.errors import InvalidField, NotFound, QueueFull
 from shared.models import Execution, new_id, utcnow
 from shared.services import Services
@@ -65,11 +67,34 @@ def validate_timeout(timeout: object, agent: Any, field: str = "timeout_seconds"
     return timeout
 
 
-_AGENT = text(
+# The in-flight count reads the partial index ix_executions_in_flight (same predicate).
+_AGENT = (
     "SELECT a.name, a.max_parallel_tasks, a.queue_limit, a.timeout_seconds, a.default_model,"
     " (SELECT count(*) FROM executions e"
     "   WHERE e.agent_name = a.name AND e.status IN ('pending', 'running')) AS in_flight"
-    " FROM agents a WHERE a.name = :name"
+    " FROM agents a WHERE a.name = %(name)s"
+)
+_COLUMNS = (
+    "id",
+    "agent_name",
+    "status",
+    "triggered_by",
+    "message",
+    "model",
+    "timeout_seconds",
+    "source",
+    "schedule_id",
+    "scheduled_for",
+    "parent_execution_id",
+    "resume_session_id",
+    "created_at",
+    "queued_at",
+    "dispatched_at",
+    "attempt",
+)
+_INSERT = (
+    f"INSERT INTO executions ({', '.join(_COLUMNS)})"
+    f" VALUES ({', '.join(f'%({c})s' for c in _COLUMNS)})"
 )
 _LOCK_AGENT = text("SELECT 1 FROM agents WHERE name = :name FOR NO KEY UPDATE")
 _IN_FLIGHT = text(
@@ -77,14 +102,14 @@ _IN_FLIGHT = text(
 )
 
 
-def _agent(conn: Connection, agent_name: str) -> Row[Any]:
-    agent = conn.execute(_AGENT, {"name": agent_name}).one_or_none()
+def _agent(conn: psycopg.Connection[Any], agent_name: str) -> Any:
+    agent = one(conn, _AGENT, {"name": agent_name})
     if agent is None:
         raise NotFound(f"agent '{agent_name}' does not exist")
     return agent
 
 
-def _refuse_if_full(agent: Row[Any], in_flight: int) -> None:
+def _refuse_if_full(agent: Any, in_flight: int) -> None:
     if in_flight >= agent.max_parallel_tasks + agent.queue_limit:
         raise QueueFull(
             f"agent '{agent.name}' has {agent.queue_limit} executions waiting (queue_limit); "
@@ -92,7 +117,7 @@ def _refuse_if_full(agent: Row[Any], in_flight: int) -> None:
         )
 
 
-def _insert_exactly(services: Services, agent: Row[Any], row: dict[str, Any]) -> None:
+def _insert_exactly(services: Services, agent: Any, row: dict[str, Any]) -> None:
     """Near the limit: lock the agent row, count afresh (a new statement, a new snapshot),
     then refuse or insert, in one transaction, so the limit is exact under concurrency."""
     with services.engine.begin() as tx:
@@ -100,7 +125,7 @@ def _insert_exactly(services: Services, agent: Row[Any], row: dict[str, Any]) ->
         in_flight = int(tx.execute(_IN_FLIGHT, {"name": agent.name}).scalar_one())
         _refuse_if_full(agent, in_flight)
         row["queued_at"] = row["created_at"] if in_flight >= agent.max_parallel_tasks else None
-        tx.execute(insert(Execution.__table__), row)  # type: ignore[arg-type]
+        driver(tx).execute(_INSERT, row)
 
 
 def submit_execution(
@@ -121,13 +146,12 @@ def submit_execution(
     message = validate_message(message)
     model = validate_model(model)
     # Plain autocommit statements: a Session, BEGIN and COMMIT would cost more than the work.
-    with services.engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT")
+    with driver_connection(services.engine) as conn:
         agent = _agent(conn, agent_name)
         _refuse_if_full(agent, agent.in_flight)
         now = utcnow()
         row: dict[str, Any] = dict(
-            id=new_id(),
+            id=new_id(),  # every column of _COLUMNS, in its order
             agent_name=agent.name,
             status=ExecutionStatus.pending.value,
             triggered_by=Trigger(triggered_by).value,
@@ -147,7 +171,7 @@ def submit_execution(
         # Far from the limit: no lock, so one agent's submissions run in parallel.
         fast = agent.in_flight + LOCK_MARGIN < agent.max_parallel_tasks + agent.queue_limit
         if fast:
-            conn.execute(insert(Execution.__table__), row)  # type: ignore[arg-type]
+            conn.execute(_INSERT, row)
     if not fast:  # after giving that connection back: never hold two from the pool at once
         _insert_exactly(services, agent, row)
     execution = Execution(**row)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import normalize_database_url
@@ -31,6 +36,45 @@ def make_engine(
         pool_recycle=1800,
         future=True,
     )
+
+
+@contextmanager
+def driver_connection(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled connection's own psycopg handle, autocommitting, for the hot single statements
+    of submit, claim and finish: SQLAlchemy Core's execute costs ~90 us more client CPU per
+    statement than psycopg's (measured). The autocommit setting is restored on return, and a
+    connection that broke is dropped from the pool."""
+    pooled = engine.raw_connection()
+    conn: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
+    before = conn.autocommit
+    try:
+        conn.autocommit = True
+        yield conn
+    except psycopg.OperationalError:
+        if conn.broken:
+            pooled.invalidate()
+        raise
+    finally:
+        if not conn.closed:
+            conn.autocommit = before  # allowed: autocommit leaves no transaction open
+        pooled.close()
+
+
+def driver(conn: psycopg.Connection[Any] | Session | Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection behind conn (for a Session: the one its transaction is on)."""
+    if isinstance(conn, Session):
+        conn = conn.connection()
+    if isinstance(conn, Connection):
+        return conn.connection.driver_connection  # type: ignore[return-value]
+    return conn
+
+
+def one(conn: psycopg.Connection[Any] | Session | Connection, sql: str, params: Any) -> Any:
+    """Run sql (psycopg placeholders) and return its first row, with attribute access by
+    column name, or None (no row, or a statement that returns none)."""
+    with driver(conn).cursor(row_factory=namedtuple_row) as cur:
+        cur.execute(sql, params)
+        return cur.fetchone() if cur.description else None
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

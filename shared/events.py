@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,14 @@ from typing import Any
 import redis
 
 from shared import keys
+from shared.script_batch import ScriptBatch
 
 log = logging.getLogger(__name__)
 
 STREAM_MAXLEN = 200_000  #: events kept per execution stream (approximate trim)
 STREAM_TTL_SECONDS = 3600  #: a finished execution's stream expires this long after its end
 MAX_BATCH = 500  #: events per Redis round trip (and per live message)
+LINGER_SECONDS = 0.025  #: longest an event waits for others to share its round trip
 _EMIT = (Path(__file__).parent / "lua" / "emit.lua").read_text()
 
 
@@ -48,9 +50,9 @@ def emit(
     execution_id: str,
     events: list[dict[str, Any]],
     final: bool = False,
-    via: Any = None,
+    via: ScriptBatch | None = None,
 ) -> None:
-    """Append events to the stream and publish them (one round trip)."""
+    """Append events to the stream and publish them (one round trip, or queued on `via`)."""
     if not events:
         return
     args: list[Any] = [
@@ -61,7 +63,10 @@ def emit(
     for event in events:
         args += [event["id"], json.dumps(event, separators=(",", ":"))]
     keys_ = [keys.events_stream(execution_id), keys.events_channel(execution_id)]
-    _emit_script(client)(keys=keys_, args=args, client=via)
+    if via is not None:
+        via.add(_emit_script(client), keys_, args)
+    else:
+        _emit_script(client)(keys=keys_, args=args)
 
 
 def read_stream(
@@ -89,53 +94,65 @@ def stream_lines(client: redis.Redis, execution_id: str) -> list[str]:
 
 
 class EventWriter:
-    """Numbers a run's events and sends them in batches: on `flush` (after each read from the
-    agent's pipe) or every MAX_BATCH events. Sending from the reader thread holds a fast agent
-    back on its pipe while Redis catches up, so memory and latency stay bounded."""
+    """Numbers a run's events and sends them in batches, from the thread that runs the agent.
+
+    An event waits at most LINGER_SECONDS for company (or until MAX_BATCH are queued), so a
+    burst of lines costs one Redis round trip, and a short run sends `running`, its lines
+    and its end in the single round trip that also releases its slot. Sending on the thread
+    that reads the agent's pipe holds a fast agent back while Redis catches up, so memory
+    and latency stay bounded. Not thread-safe: one writer per run, used by one thread.
+    """
 
     def __init__(self, client: redis.Redis, execution_id: str):
         self.client, self.execution_id = client, execution_id
         self.next_id = 1
         self._pending: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
+        self._since = 0.0  # when the oldest pending event was queued
 
     def status(self, status: str, **extra: Any) -> None:
-        """Send a status change now."""
-        with self._lock:
-            self._pending.append(status_event(self.next_id, status, **extra))
-            self.next_id += 1
-        self.flush()
+        """Queue a status change."""
+        self._queue(status_event(self.next_id, status, **extra))
 
     def line(self, line: str) -> None:
         """Queue one stdout line."""
-        with self._lock:
-            self._pending.append(line_event(self.next_id, line))
-            self.next_id += 1
-            full = len(self._pending) >= MAX_BATCH
-        if full:
+        self._queue(line_event(self.next_id, line))
+
+    def _queue(self, event: dict[str, Any]) -> None:
+        if not self._pending:
+            self._since = time.monotonic()
+        self._pending.append(event)
+        self.next_id += 1
+        if len(self._pending) >= MAX_BATCH:
             self.flush()
 
-    def flush(self, final: bool = False, via: Any = None) -> None:
-        """Send what is queued (one round trip per MAX_BATCH events; queued on `via`, a
-        pipeline, when given)."""
-        with self._lock:
-            batch, self._pending = self._pending, []
-            if not batch:
-                return
-            for start in range(0, len(batch), MAX_BATCH):
-                try:
-                    emit(
-                        self.client, self.execution_id, batch[start : start + MAX_BATCH], final, via
-                    )
-                except redis.RedisError:  # live view degrades; PostgreSQL keeps the transcript
-                    log.warning("could not publish events of %s", self.execution_id, exc_info=True)
+    def tick(self) -> float | None:
+        """Send the batch if its oldest event has waited LINGER_SECONDS; else return how long
+        until it will have (None when nothing waits). The runner's `on_flush`."""
+        if not self._pending:
+            return None
+        left = self._since + LINGER_SECONDS - time.monotonic()
+        if left > 0:
+            return left
+        self.flush()
+        return None
 
-    def close(self, final_status: str | None = None, via: Any = None, **extra: Any) -> None:
+    def flush(self, final: bool = False, via: ScriptBatch | None = None) -> None:
+        """Send what is queued (one round trip per MAX_BATCH events; queued on `via` when
+        given)."""
+        batch, self._pending = self._pending, []
+        for start in range(0, len(batch), MAX_BATCH):
+            try:
+                emit(self.client, self.execution_id, batch[start : start + MAX_BATCH], final, via)
+            except redis.RedisError:  # live view degrades; PostgreSQL keeps the transcript
+                log.warning("could not publish events of %s", self.execution_id, exc_info=True)
+
+    def close(
+        self, final_status: str | None = None, via: ScriptBatch | None = None, **extra: Any
+    ) -> None:
         """Send the terminal status (if given) and whatever is still queued."""
-        with self._lock:
-            if final_status:
-                self._pending.append(status_event(self.next_id, final_status, **extra))
-                self.next_id += 1
+        if final_status:
+            self._pending.append(status_event(self.next_id, final_status, **extra))
+            self.next_id += 1
         self.flush(final=True, via=via)
 
 

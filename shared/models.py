@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -93,12 +94,29 @@ class Execution(Base):
         CheckConstraint(
             "triggered_by IN ('manual','schedule','mcp','chat','paid')", name="trigger_valid"
         ),
-        UniqueConstraint("schedule_id", "scheduled_for", name="one_fire_per_due_time"),
+        # Partial where a column is mostly NULL or only a few rows qualify: every status
+        # change writes each index that applies to the row (migration 0003).
+        Index(
+            "one_fire_per_due_time",
+            "schedule_id",
+            "scheduled_for",
+            unique=True,
+            postgresql_where=text("schedule_id IS NOT NULL"),
+        ),
         Index("ix_executions_created", "created_at", "id"),
         Index("ix_executions_agent_created", "agent_name", "created_at", "id"),
         Index("ix_executions_status_created", "status", "created_at"),
         Index("ix_executions_trigger_created", "triggered_by", "created_at"),
-        Index("ix_executions_agent_status", "agent_name", "status"),
+        Index(
+            "ix_executions_in_flight",
+            "agent_name",
+            postgresql_where=text("status IN ('pending', 'running')"),
+        ),
+        Index(
+            "ix_executions_parent_execution_id",
+            "parent_execution_id",
+            postgresql_where=text("parent_execution_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -123,9 +141,9 @@ class Execution(Base):
     started_at: Mapped[datetime | None] = mapped_column()
     completed_at: Mapped[datetime | None] = mapped_column()
     duration_ms: Mapped[int | None] = mapped_column(BigInteger)
-    schedule_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    schedule_id: Mapped[str | None] = mapped_column(String(32))
     scheduled_for: Mapped[datetime | None] = mapped_column()
-    parent_execution_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    parent_execution_id: Mapped[str | None] = mapped_column(String(32))
     source: Mapped[str | None] = mapped_column(String(200))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(200))

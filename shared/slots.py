@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from shared import keys
+from shared.script_batch import ScriptBatch
 
 _LUA = Path(__file__).parent / "lua"
 
@@ -110,24 +111,23 @@ class Slots:
         )
 
     def release(
-        self, agent: str, execution_id: str, max_parallel: int, via: Any = None
+        self, agent: str, execution_id: str, max_parallel: int, via: ScriptBatch | None = None
     ) -> list[str]:
         """Drop this execution's lease or waiting entry; return the waiters to publish now.
 
-        With `via` (a pipeline) the script is only queued there; decode its result with
-        `decode_heads`.
+        With `via` the script is only queued there; decode its result with `decode_heads`.
         """
-        heads = self._release(
-            keys=[
-                keys.slots(agent),
-                keys.lease_caps(agent),
-                keys.waiting(agent),
-                keys.notified(agent),
-            ],
-            args=[execution_id, max_parallel, self.renotify_ms],
-            client=via,
-        )
-        return [] if via is not None else decode_heads(heads)
+        keys_ = [
+            keys.slots(agent),
+            keys.lease_caps(agent),
+            keys.waiting(agent),
+            keys.notified(agent),
+        ]
+        args: list[Any] = [execution_id, max_parallel, self.renotify_ms]
+        if via is not None:
+            via.add(self._release, keys_, args)
+            return []
+        return decode_heads(self._release(keys=keys_, args=args))
 
     def heads(self, agent: str, max_parallel: int) -> list[str]:
         """Purge lapsed leases and return the waiters that fit in the free slots."""

@@ -11,14 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+import psycopg
 import redis
-from sqlalchemy import Connection, text
-from sqlalchemy.exc import DBAPIError
 
+from shared.db import driver_connection, one
 from shared.events import EventWriter
-from shared.models import Transcript, id_time_us
+from shared.models import id_time_us
 from shared.rebuild import ensure_epoch
 from shared.redact import redact
+from shared.script_batch import ScriptBatch
 from shared.services import Services
 from shared.slots import Admission, decode_heads, submitted_us
 from shared.states import AgentOutput, ExecutionStatus
@@ -54,17 +55,15 @@ class Job:
     submitted_us: int
 
 
-_LOAD = text(
+_LOAD = (
     "SELECT e.id, e.agent_name, e.status, e.message, e.model, e.resume_session_id,"
     " e.timeout_seconds, e.created_at, a.command, a.output, a.workdir, a.env,"
     " a.max_parallel_tasks, a.timeout_seconds AS agent_timeout"
-    " FROM executions e JOIN agents a ON a.name = e.agent_name WHERE e.id = :id"
+    " FROM executions e JOIN agents a ON a.name = e.agent_name WHERE e.id = %(id)s"
 )
-
-
-_AGENT = text(
+_AGENT = (
     "SELECT name, command, output, workdir, env, max_parallel_tasks, timeout_seconds"
-    " FROM agents WHERE name = :name"
+    " FROM agents WHERE name = %(name)s"
 )
 AGENT_CACHE_SECONDS = 2.0  #: how long a worker trusts its copy of an agent's settings
 
@@ -138,24 +137,20 @@ class Executor:
         now = time.monotonic()
         cached = self._agents.get(name)
         if cached is None or now - cached[0] > AGENT_CACHE_SECONDS:
-            row = self._transaction(lambda c: c.execute(_AGENT, {"name": name}).one_or_none())
+            row = self._transaction(lambda c: one(c, _AGENT, {"name": name}))
             cached = self._agents[name] = (now, row)
         return cached[1]
 
-    def _transaction(self, work: Callable[[Connection], T]) -> T:
-        """Run one-statement `work` on a pooled connection, again if that connection was stale.
-
-        Straight on a Connection, not a Session: these are single statements (autocommit in
-        worker processes) and the Session's bookkeeping costs more than the statement.
-        """
+    def _transaction(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run one-statement `work` on a pooled connection, autocommitting; again on a fresh
+        connection if the pooled one had gone stale (PostgreSQL restarted since)."""
         for tries_left in (1, 0):
+            conn = None
             try:
-                with self.services.engine.connect() as conn:
-                    result = work(conn)
-                    conn.commit()
-                    return result
-            except DBAPIError as exc:  # PostgreSQL restarted since this connection was pooled
-                if not exc.connection_invalidated or not tries_left:
+                with driver_connection(self.services.engine) as conn:
+                    return work(conn)
+            except psycopg.OperationalError:
+                if not tries_left or conn is None or not conn.broken:
                     raise
                 log.warning("database connection was stale; retrying once")
         raise AssertionError("unreachable")
@@ -175,9 +170,7 @@ class Executor:
         return admission
 
     def _load(self, execution_id: str) -> Job | None:
-        row = self._transaction(
-            lambda conn: conn.execute(_LOAD, {"id": execution_id}).one_or_none()
-        )
+        row = self._transaction(lambda conn: one(conn, _LOAD, {"id": execution_id}))
         if row is None:
             log.warning("execution %s not found; message dropped", execution_id)
             return None
@@ -203,11 +196,11 @@ class Executor:
         if events is None:
             heads = self.services.slots.release(job.agent_name, job.execution_id, job.max_parallel)
         else:
-            pipe = self.services.redis.pipeline(transaction=False)
-            self.services.slots.release(job.agent_name, job.execution_id, job.max_parallel, pipe)
-            events.close(via=pipe, **final)
+            batch = ScriptBatch(self.services.redis)
+            self.services.slots.release(job.agent_name, job.execution_id, job.max_parallel, batch)
+            events.close(via=batch, **final)
             try:
-                heads = decode_heads(pipe.execute()[0])
+                heads = decode_heads(batch.execute()[0])
             except redis.RedisError:  # the reaper promotes; PostgreSQL has the outcome
                 log.warning("could not release %s", job.execution_id, exc_info=True)
                 return
@@ -249,7 +242,7 @@ class Executor:
                 workdir=job.workdir,
                 env=job.env,
                 max_total_bytes=MAX_STORED_BYTES,
-                on_flush=events.flush,
+                on_flush=events.tick,
                 die_with_parent=not self.services.settings.orphan_guard,
             )
         except OSError as exc:
@@ -258,14 +251,13 @@ class Executor:
             self.stops.unregister(job.execution_id)
             self.heartbeats.remove(watch)
         status, fields = judge(job, outcome, parser.result(), watch.reason)
-        row = Transcript(
-            execution_id=job.execution_id,
-            content="\n".join(transcript),
-            line_count=len(transcript),
-            truncated=isinstance(outcome, RunOutcome) and outcome.truncated,
+        stored = (
+            "\n".join(transcript),
+            len(transcript),
+            isinstance(outcome, RunOutcome) and outcome.truncated,
         )
         final = self._transaction(
-            lambda s: lifecycle.finish(s, job.execution_id, attempt, status, fields, row)
+            lambda s: lifecycle.finish(s, job.execution_id, attempt, status, fields, stored)
         )
         if final is None:
             log.warning(

@@ -1,8 +1,8 @@
 """Spawn an agent process, stream its stdout lines, and make sure it and its children end.
 
-The agent runs in its own process group. A stop, a timeout or any error sends
-the group SIGINT, then SIGKILL after a grace period; even after a clean exit
-the group is SIGKILLed, so no grandchild outlives the run. On Linux the agent
+The agent runs in its own process group. A stop or a timeout sends the group
+SIGINT, then SIGKILL after a grace period; an error, and even a clean exit,
+SIGKILLs the group, so no grandchild outlives the run. On Linux the agent
 also gets PR_SET_PDEATHSIG=SIGKILL so it dies if the worker is SIGKILLed.
 That signal fires when the *thread* that forked the agent exits: call
 `run_agent` from a long-lived thread (Dramatiq worker threads are).
@@ -21,16 +21,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from subprocess import Popen
-from threading import Thread
 from typing import IO
 
 from shared.linux import death_pact
 
 CHUNK_BYTES = 65_536
 STDERR_TAIL_BYTES = 8_192
-POLL_SECONDS = 0.02  #: how often the watcher checks the process, stop event and deadline
+POLL_SECONDS = 0.02  #: how often the loop checks the stop flag (exit and output wake it at once)
 INLINE_STDIN_BYTES = 4096  #: messages up to one page are written without a thread
-PIPE_POLL_MS = 100  #: how often a pipe reader checks whether it was told to give up
 DRAIN_SECONDS = 2.0  #: how long to wait for EOF on the pipes once the group is dead
 
 
@@ -108,8 +106,9 @@ class _Tail:
         del self.data[: -self._limit]
 
 
-class _Pipes:
-    """The threads that feed stdin and drain stdout and stderr."""
+class _Loop:
+    """One thread does it all: feeds stdin, drains stdout and stderr, and notices the agent's
+    exit (its pidfd), the deadline and the stop flag, with a single poll() and no helper thread."""
 
     def __init__(
         self,
@@ -117,94 +116,104 @@ class _Pipes:
         data: bytes,
         lines: _LineSplitter,
         tail: _Tail,
-        on_flush: Callable[[], None] | None = None,
+        on_flush: Callable[[], float | None] | None,
     ):
         assert proc.stdin and proc.stdout and proc.stderr
-        self._pipes = (proc.stdin, proc.stdout, proc.stderr)
-        self._started = False
-        self.failed = threading.Event()  # set when on_line raised
-        self.error: BaseException | None = None
-        self._give_up = threading.Event()
-        self._lines = lines
+        self._proc = proc
         self._on_flush = on_flush or (lambda: None)
-        self._stdin, self._data = proc.stdin, data
-        self._tail = tail
-        # One thread drains both stdout and stderr: one thread start per run, not two.
-        self._readers = [Thread(target=self._read, args=(proc.stdout, proc.stderr), daemon=True)]
-        self._threads = list(self._readers)
-
-    def start(self) -> None:
-        """Feed stdin and start the readers; from then on each thread owns and closes its pipe."""
-        for thread in self._readers:
-            thread.start()
-        if len(self._data) <= INLINE_STDIN_BYTES:  # fits any pipe buffer: cannot block
-            _write_all(self._stdin, self._data)
+        self._poller = select.poll()  # not select.select: a busy worker may hold fds above 1024
+        self._sinks: dict[int, tuple[IO[bytes], Callable[[bytes], None]]] = {}
+        for pipe, sink in ((proc.stdout, lines.feed), (proc.stderr, tail.feed)):
+            self._sinks[pipe.fileno()] = (pipe, sink)
+            self._poller.register(pipe, select.POLLIN)
+        self._lines = lines
+        self._stdin: IO[bytes] | None = proc.stdin
+        self._data = memoryview(data)
+        if len(data) <= INLINE_STDIN_BYTES:  # fits any pipe buffer: cannot block
+            self._write_stdin()
         else:
-            writer = Thread(target=_write_all, args=(self._stdin, self._data), daemon=True)
-            self._threads.append(writer)
-            writer.start()
-        self._started = True
+            os.set_blocking(proc.stdin.fileno(), False)
+            self._poller.register(proc.stdin, select.POLLOUT)
+        self._pidfd = _pidfd(proc.pid)
+        if self._pidfd is not None:
+            self._poller.register(self._pidfd, select.POLLIN)
+        again = self._on_flush()  # whatever the caller queued before the start may be due
+        self._flush_at = None if again is None else time.monotonic() + again
 
-    def finish(self) -> None:
-        """Wait for EOF on the pipes; give up on pipes an escaped process still holds."""
-        if not self._started:
-            for pipe in self._pipes:
-                _close(pipe)
-            return
+    def wait(self, deadline: float, stop: threading.Event | None = None) -> str:
+        """Pump until the leader exits ("exited"), stop is set ("stopped") or the deadline
+        passes ("timeout")."""
+        while not _has_exited(self._proc.pid):
+            if stop is not None and stop.is_set():
+                return "stopped"
+            now = time.monotonic()
+            if now >= deadline:
+                return "timeout"
+            wake = min(deadline, now + POLL_SECONDS)
+            if self._flush_at is not None:
+                wake = min(wake, self._flush_at)
+            self._pump(max(wake - now, 0.0))
+        return "exited"
+
+    def drain(self) -> None:
+        """After the group is dead: read what is left until EOF on both pipes, but give up
+        after DRAIN_SECONDS on pipes an escaped process still holds."""
         deadline = time.monotonic() + DRAIN_SECONDS
-        for thread in self._readers:
-            thread.join(max(deadline - time.monotonic(), 0))
-        self._give_up.set()
-        for thread in self._threads:
-            thread.join(DRAIN_SECONDS)
+        while self._sinks and (left := deadline - time.monotonic()) > 0:
+            self._pump(left, wait_for_pipes=True)
+        self._lines.finish()
+        self._on_flush()
 
-    def _feed(self, chunk: bytes) -> None:
-        self._lines.feed(chunk)
-        self._on_flush()  # the lines of one read go on together
-
-    def _read(self, stdout: IO[bytes], stderr: IO[bytes]) -> None:
-        try:
-            _pump({stdout: self._feed, stderr: self._tail.feed}, self._give_up)
-            self._lines.finish()
-            self._on_flush()
-        except BaseException as exc:  # handed to the caller's thread, which re-raises it
-            self.error = exc
-            self.failed.set()
-
-
-def _write_all(pipe: IO[bytes], data: bytes) -> None:
-    """Write the message and close stdin; an agent that never reads it must not hang us."""
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(pipe.fileno(), view) :]
-    except OSError:
-        pass  # BrokenPipeError: the agent exited or closed stdin, which is its right
-    finally:
-        _close(pipe)
-
-
-def _pump(sinks: dict[IO[bytes], Callable[[bytes], None]], give_up: threading.Event) -> None:
-    """Copy chunks from each pipe to its sink until EOF on all, or give_up and nothing left."""
-    poller = select.poll()  # not select.select: a busy worker may hold fds above 1024
-    by_fd = {pipe.fileno(): (pipe, sink) for pipe, sink in sinks.items()}
-    for fd in by_fd:
-        poller.register(fd, select.POLLIN)
-    try:
-        while by_fd:
-            giving_up = give_up.is_set()
-            ready = poller.poll(0 if giving_up else PIPE_POLL_MS)
-            if not ready and giving_up:
-                return  # an escaped process still holds a pipe but has nothing to say
-            for fd, _ in ready:
-                if chunk := os.read(fd, CHUNK_BYTES):
-                    by_fd[fd][1](chunk)
-                else:  # EOF
-                    poller.unregister(fd)
-                    _close(by_fd.pop(fd)[0])
-    finally:
-        for pipe, _ in by_fd.values():
+    def close(self) -> None:
+        """Close every pipe and handle still open."""
+        for pipe, _ in self._sinks.values():
             _close(pipe)
+        self._sinks.clear()
+        if self._stdin is not None:
+            _close(self._stdin)
+            self._stdin = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _pump(self, timeout: float, wait_for_pipes: bool = False) -> None:
+        """One poll: move whatever is ready, then call on_flush if a read came in or it is due."""
+        if wait_for_pipes and self._pidfd is not None:  # the exit is known: only pipes matter
+            self._poller.unregister(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        read = False
+        for fd, _ in self._poller.poll(timeout * 1000):
+            if fd in self._sinks:
+                pipe, sink = self._sinks[fd]
+                if chunk := os.read(fd, CHUNK_BYTES):
+                    sink(chunk)
+                    read = True
+                else:  # EOF
+                    self._poller.unregister(fd)
+                    _close(self._sinks.pop(fd)[0])
+            elif self._stdin is not None and fd == self._stdin.fileno():
+                self._write_stdin()
+        if read or (self._flush_at is not None and time.monotonic() >= self._flush_at):
+            again = self._on_flush()
+            self._flush_at = None if again is None else time.monotonic() + again
+
+    def _write_stdin(self) -> None:
+        """Write what the pipe takes; close stdin once the message is out, or the agent has
+        closed it (which is its right: an agent that never reads must not hang us)."""
+        assert self._stdin is not None
+        fd = self._stdin.fileno()
+        try:
+            while self._data:
+                self._data = self._data[os.write(fd, self._data) :]
+        except BlockingIOError:
+            return  # the pipe is full: poll says when it has room
+        except OSError:
+            pass  # BrokenPipeError: the agent exited or closed stdin
+        with contextlib.suppress(KeyError, ValueError):
+            self._poller.unregister(fd)
+        _close(self._stdin)
+        self._stdin = None
 
 
 def _close(pipe: IO[bytes]) -> None:
@@ -267,28 +276,6 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _watch(pid: int, deadline: float, stop: threading.Event, failed: threading.Event) -> str:
-    """Wait until the leader exits, the deadline passes, stop is set or failed is set."""
-    pidfd = _pidfd(pid)
-    try:
-        while not _has_exited(pid):
-            if failed.is_set():
-                return "failed"
-            if stop.is_set():
-                return "stopped"
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return "timeout"
-            if pidfd is None:
-                stop.wait(min(POLL_SECONDS, left))
-            else:  # wakes the moment the agent exits, so its slot is freed at once
-                select.select([pidfd], [], [], min(POLL_SECONDS, left))
-        return "exited"
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
 def _pidfd(pid: int) -> int | None:
     """A pollable handle on the process (Linux 5.3+), or None."""
     try:
@@ -310,36 +297,45 @@ def run_agent(
     max_line_bytes: int = 1_048_576,
     max_total_bytes: int = 256 * 1_048_576,
     on_start: Callable[[int], None] | None = None,
-    on_flush: Callable[[], None] | None = None,
+    on_flush: Callable[[], float | None] | None = None,
     die_with_parent: bool = True,
 ) -> RunOutcome:
     """Run argv with stdin_text on stdin, pass each stdout line to on_line, report how it ended.
 
-    `on_flush` is called (on the reader thread) after the lines of each read from the pipe.
-    `die_with_parent=False` skips the parent-death signal (and its cost) where a subreaper
-    already kills what a dead worker leaves behind (`agx workers`).
+    Everything happens on the calling thread (callbacks included). `on_flush` is called at the
+    start, after the lines of each read from the pipe, and at the end; it returns None, or the
+    seconds after which it wants to be called again even if no output comes (so a batch of
+    events can wait for company, but not for ever). An exception from a callback kills the
+    group and propagates. `die_with_parent=False` skips the parent-death signal (and its
+    cost) where a subreaper already kills what a dead worker leaves behind (`agx workers`).
     """
     started = time.monotonic()
     lines = _LineSplitter(on_line, max_line_bytes, max_total_bytes)
     tail = _Tail(STDERR_TAIL_BYTES)
     proc = _spawn(argv, workdir, env, die_with_parent)
-    pipes = _Pipes(proc, stdin_text.encode(), lines, tail, on_flush)
     why = "error"
+    loop: _Loop | None = None
     try:
         if on_start is not None:
             on_start(proc.pid)  # before any on_line, so the caller can record the pid first
-        pipes.start()
-        why = _watch(proc.pid, started + timeout_seconds, stop or threading.Event(), pipes.failed)
+        loop = _Loop(proc, stdin_text.encode(), lines, tail, on_flush)
+        why = loop.wait(started + timeout_seconds, stop)
         if why != "exited":
             _signal_group(proc.pid, signal.SIGINT)
-            _watch(proc.pid, time.monotonic() + grace_seconds, threading.Event(), threading.Event())
+            loop.wait(time.monotonic() + grace_seconds)
     finally:
         # Every path ends here: whatever is left of the group, grandchildren included, dies.
         _signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
-        pipes.finish()
-    if pipes.error is not None:
-        raise pipes.error
+        try:
+            if loop is not None and why != "error":  # after a failed callback, call none again
+                loop.drain()
+        finally:
+            if loop is not None:
+                loop.close()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    _close(pipe)
     killed = why != "exited" and proc.returncode < 0
     return RunOutcome(
         exit_code=None if killed else proc.returncode,
