@@ -41,8 +41,9 @@ CREATE TABLE IF NOT EXISTS bench_bare_runs (
 """
 
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-DATABASE_URL = os.environ.get("BENCH_DATABASE_URL",
-                              "postgresql://postgres@127.0.0.1:5432/agx_bench")
+DATABASE_URL = os.environ.get(
+    "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/agx_bench"
+)
 QUEUE = os.environ.get("BENCH_QUEUE", "bench-bare")
 
 
@@ -54,16 +55,21 @@ def make_broker(url: str = BROKER_URL) -> RabbitmqBroker:
 
 def message_for(run_id: str, queue: str = QUEUE) -> dramatiq.Message:
     """The message carrying one run id to the actor."""
-    return dramatiq.Message(queue_name=queue, actor_name=ACTOR_NAME, args=(run_id,),
-                            kwargs={}, options={})
+    return dramatiq.Message(
+        queue_name=queue, actor_name=ACTOR_NAME, args=(run_id,), kwargs={}, options={}
+    )
 
 
-def submit(conn: psycopg.Connection, broker: dramatiq.Broker, message: str,
-           queue: str = QUEUE) -> str:
+def submit(
+    conn: psycopg.Connection, broker: dramatiq.Broker, message: str, queue: str = QUEUE
+) -> str:
     """Producer: INSERT the pending row (autocommit), then publish its id."""
     run_id = uuid.uuid4().hex
-    conn.execute("INSERT INTO bench_bare_runs (id, status, message, created_at) "
-                 "VALUES (%s, 'pending', %s, %s)", (run_id, message, datetime.now(UTC)))
+    conn.execute(
+        "INSERT INTO bench_bare_runs (id, status, message, created_at) "
+        "VALUES (%s, 'pending', %s, %s)",
+        (run_id, message, datetime.now(UTC)),
+    )
     broker.enqueue(message_for(run_id, queue))
     return run_id
 
@@ -89,7 +95,8 @@ def bare_run(run_id: str) -> None:
     row = conn.execute(
         "UPDATE bench_bare_runs SET status = 'running', attempt = attempt + 1, started_at = %s "
         "WHERE id = %s AND status = 'pending' RETURNING message",
-        (datetime.now(UTC), run_id)).fetchone()
+        (datetime.now(UTC), run_id),
+    ).fetchone()
     if row is None:
         return
     argv = json.loads(os.environ["BENCH_AGENT_ARGV"])
@@ -98,5 +105,5 @@ def bare_run(run_id: str) -> None:
     conn.execute(
         "UPDATE bench_bare_runs SET status = %s, completed_at = %s, exit_code = %s, output = %s "
         "WHERE id = %s AND status = 'running'",
-        (status, datetime.now(UTC), proc.returncode, proc.stdout.decode(errors="replace"),
-         run_id))
+        (status, datetime.now(UTC), proc.returncode, proc.stdout.decode(errors="replace"), run_id),
+    )

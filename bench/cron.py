@@ -83,34 +83,72 @@ def prepare(args: argparse.Namespace, due: datetime) -> None:
     now = datetime.now(UTC)
     agents = [f"bench-{i}" for i in range(args.agents)]
     with engine.begin() as conn:
-        conn.execute(insert(Agent), [{
-            "name": name, "command": [sys.executable, "-m", "agx.demo_agent"], "output": "text",
-            "max_parallel_tasks": 3, "timeout_seconds": 60, "queue_limit": 1_000_000, "env": {},
-            "created_at": now, "updated_at": now} for name in agents])
-        conn.execute(insert(Schedule), [{
-            "id": new_id(), "agent_name": agents[i % len(agents)], "name": f"bench {i}",
-            "cron": cron, "timezone": "UTC", "message": f"scheduled {i}", "enabled": True,
-            "overlap": "skip", "misfire_grace_seconds": 300, "next_run_at": due,
-            "created_at": now, "updated_at": now} for i in range(args.schedules)])
+        conn.execute(
+            insert(Agent),
+            [
+                {
+                    "name": name,
+                    "command": [sys.executable, "-m", "agx.demo_agent"],
+                    "output": "text",
+                    "max_parallel_tasks": 3,
+                    "timeout_seconds": 60,
+                    "queue_limit": 1_000_000,
+                    "env": {},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for name in agents
+            ],
+        )
+        conn.execute(
+            insert(Schedule),
+            [
+                {
+                    "id": new_id(),
+                    "agent_name": agents[i % len(agents)],
+                    "name": f"bench {i}",
+                    "cron": cron,
+                    "timezone": "UTC",
+                    "message": f"scheduled {i}",
+                    "enabled": True,
+                    "overlap": "skip",
+                    "misfire_grace_seconds": 300,
+                    "next_run_at": due,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for i in range(args.schedules)
+            ],
+        )
     engine.dispose()
 
 
 def start_schedulers(args: argparse.Namespace, workdir: Path, queue: str) -> list:
-    env = {**os.environ, "AGX_DATABASE_URL": args.db_url, "AGX_REDIS_URL": args.redis_url,
-           "AGX_BROKER_URL": args.amqp_url, "AGX_QUEUE": queue, TEST_SECONDS_ENV: "1",
-           "AGX_HOME": str(workdir)}
+    env = {
+        **os.environ,
+        "AGX_DATABASE_URL": args.db_url,
+        "AGX_REDIS_URL": args.redis_url,
+        "AGX_BROKER_URL": args.amqp_url,
+        "AGX_QUEUE": queue,
+        TEST_SECONDS_ENV: "1",
+        "AGX_HOME": str(workdir),
+    }
     started = []
     for i in range(args.schedulers):
         with open(workdir / f"scheduler-{i}.log", "wb") as log:
-            started.append(procs.spawn([sys.executable, "-m", "agx", "scheduler", "--threads",
-                                        str(args.threads)], env, log.fileno()))
+            started.append(
+                procs.spawn(
+                    [sys.executable, "-m", "agx", "scheduler", "--threads", str(args.threads)],
+                    env,
+                    log.fileno(),
+                )
+            )
     return started
 
 
 def wait_in_sync(args: argparse.Namespace, workdir: Path, due: datetime) -> None:
     marker = f"in sync: {args.schedules} enabled schedules"
-    while not all(marker in p.read_text(errors="replace")
-                  for p in workdir.glob("scheduler-*.log")):
+    while not all(marker in p.read_text(errors="replace") for p in workdir.glob("scheduler-*.log")):
         if datetime.now(UTC) > due - timedelta(seconds=1):
             raise SystemExit("schedulers were not loaded before the due time: raise --lead")
         time.sleep(0.1)
@@ -126,22 +164,42 @@ def collect(args: argparse.Namespace, due: datetime) -> dict[str, object]:
     """Wait for every row (or 30 s past due), then read lags, duplicates and the split."""
     deadline = due + timedelta(seconds=30)
     with psycopg.connect(libpq_url(args.db_url), autocommit=True) as conn:
-        while (count(conn, "SELECT count(*) FROM executions") < args.schedules
-               and datetime.now(UTC) < deadline):
+        while (
+            count(conn, "SELECT count(*) FROM executions") < args.schedules
+            and datetime.now(UTC) < deadline
+        ):
             time.sleep(0.1)
         time.sleep(1.0)  # let a late duplicate, if any, show up
-        lags = [float(r[0]) for r in conn.execute(
-            "SELECT extract(epoch FROM created_at - scheduled_for) FROM executions")]
-        dup_exec = count(conn, "SELECT count(*) FROM (SELECT 1 FROM executions GROUP BY "
-                               "schedule_id, scheduled_for HAVING count(*) > 1) d")
-        dup_fire = count(conn, "SELECT count(*) FROM (SELECT 1 FROM schedule_fires GROUP BY "
-                               "schedule_id, scheduled_for HAVING count(*) > 1) d")
-        outcomes: dict[str, int] = {r[0]: r[1] for r in conn.execute(
-            "SELECT outcome, count(*) FROM schedule_fires GROUP BY 1")}
-        split = sorted(r[0] for r in conn.execute(
-            "SELECT count(*) FROM schedule_fires GROUP BY scheduler_id"))
-    return {"lags": lags, "dup_exec": dup_exec, "dup_fire": dup_fire, "outcomes": outcomes,
-            "split": split}
+        lags = [
+            float(r[0])
+            for r in conn.execute(
+                "SELECT extract(epoch FROM created_at - scheduled_for) FROM executions"
+            )
+        ]
+        dup_exec = count(
+            conn,
+            "SELECT count(*) FROM (SELECT 1 FROM executions GROUP BY "
+            "schedule_id, scheduled_for HAVING count(*) > 1) d",
+        )
+        dup_fire = count(
+            conn,
+            "SELECT count(*) FROM (SELECT 1 FROM schedule_fires GROUP BY "
+            "schedule_id, scheduled_for HAVING count(*) > 1) d",
+        )
+        outcomes: dict[str, int] = {
+            r[0]: r[1]
+            for r in conn.execute("SELECT outcome, count(*) FROM schedule_fires GROUP BY 1")
+        }
+        split = sorted(
+            r[0] for r in conn.execute("SELECT count(*) FROM schedule_fires GROUP BY scheduler_id")
+        )
+    return {
+        "lags": lags,
+        "dup_exec": dup_exec,
+        "dup_fire": dup_fire,
+        "outcomes": outcomes,
+        "split": split,
+    }
 
 
 def run_agx(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
@@ -178,8 +236,11 @@ def run_bare(args: argparse.Namespace) -> list[float]:
             if len(started) == args.schedules:
                 done.set()
 
-    bare = BackgroundScheduler(timezone=UTC, executors={"default": ThreadPoolExecutor(
-        args.threads)}, job_defaults={"misfire_grace_time": None})
+    bare = BackgroundScheduler(
+        timezone=UTC,
+        executors={"default": ThreadPoolExecutor(args.threads)},
+        job_defaults={"misfire_grace_time": None},
+    )
     trigger = CronTrigger(second=due.second, minute=due.minute, hour=due.hour, timezone=UTC)
     for i in range(args.schedules):
         bare.add_job(job, trigger, id=f"job-{i}")
@@ -195,18 +256,24 @@ def ms(value: float) -> str:
 
 def report(args: argparse.Namespace, agx: dict, bare: list[float]) -> None:
     lags: list[float] = agx["lags"]  # type: ignore[assignment]
-    print(f"\n{args.schedules} schedules due at one second, {args.schedulers} schedulers x "
-          f"{args.threads} threads, {args.agents} agents\n")
+    print(
+        f"\n{args.schedules} schedules due at one second, {args.schedulers} schedulers x "
+        f"{args.threads} threads, {args.agents} agents\n"
+    )
     print(f"{'':<28}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}{'fired':>8}")
     for name, values in (("agx (due -> row created)", lags), ("bare APScheduler", bare)):
-        print(f"{name:<28}{ms(pct(values, 50)):>10}{ms(pct(values, 99)):>10}"
-              f"{ms(max(values, default=math.nan)):>10}{len(values):>8}")
+        print(
+            f"{name:<28}{ms(pct(values, 50)):>10}{ms(pct(values, 99)):>10}"
+            f"{ms(max(values, default=math.nan)):>10}{len(values):>8}"
+        )
     for p in (50, 99):
         ratio = pct(lags, p) / pct(bare, p) if pct(bare, p) else math.nan
         print(f"ratio agx / bare at p{p}: {ratio:.1f}")
     within = sum(v <= TARGET_SECONDS for v in lags)
-    print(f"\nsubmitted within {TARGET_SECONDS:.0f} s of due: {within}/{args.schedules}"
-          f" ({'met' if within == args.schedules else 'MISSED'})")
+    print(
+        f"\nsubmitted within {TARGET_SECONDS:.0f} s of due: {within}/{args.schedules}"
+        f" ({'met' if within == args.schedules else 'MISSED'})"
+    )
     print(f"duplicate executions: {agx['dup_exec']}, duplicate fire records: {agx['dup_fire']}")
     print(f"fire records by outcome: {agx['outcomes']}; records per scheduler: {agx['split']}")
     cpu = ", ".join(f"{c:.2f}" for c in agx["cpu"])  # type: ignore[attr-defined]

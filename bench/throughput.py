@@ -194,8 +194,13 @@ class TimedOut(RuntimeError):
     """A wait ran past its deadline."""
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
-               interval: float = 0.1, logs: Callable[[], str] = lambda: "") -> None:
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    logs: Callable[[], str] = lambda: "",
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -269,11 +274,21 @@ class Side:
 
     # subclass API
     def prepare(self) -> None: ...
-    def worker_argv(self) -> list[str]: raise NotImplementedError
-    def worker_env(self) -> dict[str, str]: raise NotImplementedError
-    def queue(self) -> str: raise NotImplementedError
-    def submit(self, message: str) -> str: raise NotImplementedError
-    def fetch(self, keys: list[str]) -> dict[str, tuple]: raise NotImplementedError
+    def worker_argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def worker_env(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def queue(self) -> str:
+        raise NotImplementedError
+
+    def submit(self, message: str) -> str:
+        raise NotImplementedError
+
+    def fetch(self, keys: list[str]) -> dict[str, tuple]:
+        raise NotImplementedError
+
     def close(self) -> None: ...
 
     def conn(self) -> psycopg.Connection:
@@ -291,9 +306,13 @@ class Side:
     def start_workers(self) -> None:
         with open(self.log, "wb") as log:
             self.proc = procs.spawn(self.worker_argv(), env=self.worker_env(), log=log.fileno())
-        wait_until(lambda: consumer_count(self.args.amqp_url, self.queue())
-                   >= self.args.processes, 60, f"{self.name} workers to consume",
-                   interval=0.2, logs=self.logs)
+        wait_until(
+            lambda: consumer_count(self.args.amqp_url, self.queue()) >= self.args.processes,
+            60,
+            f"{self.name} workers to consume",
+            interval=0.2,
+            logs=self.logs,
+        )
 
     def stop_workers(self) -> None:
         """Stop the pool's process group, then any agent it started that is still alive.
@@ -317,17 +336,23 @@ class Side:
         run.returned = time.time()
         return run
 
-    def wait_terminal(self, keys: list[str], timeout: float, interval: float,
-                      stall: float | None = None) -> set[str]:
+    def wait_terminal(
+        self, keys: list[str], timeout: float, interval: float, stall: float | None = None
+    ) -> set[str]:
         """Wait until every row is terminal; return the ones that are not (timeout or stall)."""
         pending = set(keys)
         progress = [time.monotonic(), len(pending)]
         checked = [time.monotonic()]
 
         def done() -> bool:
-            rows = self.conn().execute(
-                f"SELECT id FROM {self.table} WHERE id = ANY(%s) AND status = ANY(%s)",
-                (list(pending), list(TERMINAL))).fetchall()
+            rows = (
+                self.conn()
+                .execute(
+                    f"SELECT id FROM {self.table} WHERE id = ANY(%s) AND status = ANY(%s)",
+                    (list(pending), list(TERMINAL)),
+                )
+                .fetchall()
+            )
             pending.difference_update(r[0] for r in rows)
             now = time.monotonic()
             if len(pending) < progress[1]:
@@ -338,18 +363,27 @@ class Side:
                 checked[0] = now
                 depth = queue_depth(self.args.amqp_url, self.queue())
                 if depth > self.args.max_queue:
-                    raise TimedOut(f"{depth} messages in {self.queue()} (> --max-queue): "
-                                   "a message storm")
+                    raise TimedOut(
+                        f"{depth} messages in {self.queue()} (> --max-queue): a message storm"
+                    )
             return not pending
 
         try:
-            wait_until(done, timeout, f"{len(pending)} {self.name} executions to finish",
-                       interval=interval, logs=self.logs)
+            wait_until(
+                done,
+                timeout,
+                f"{len(pending)} {self.name} executions to finish",
+                interval=interval,
+                logs=self.logs,
+            )
         except TimedOut as exc:
             if stall is None:
                 raise
-            print(f"[{self.name}] GAVE UP: {str(exc).splitlines()[0]}; "
-                  f"{len(pending)} of {len(keys)} not terminal", flush=True)
+            print(
+                f"[{self.name}] GAVE UP: {str(exc).splitlines()[0]}; "
+                f"{len(pending)} of {len(keys)} not terminal",
+                flush=True,
+            )
         return pending
 
     def collect(self, runs: list[Run]) -> None:
@@ -390,8 +424,7 @@ class Side:
             except BaseException as exc:
                 errors.append(exc)
 
-        pool = [threading.Thread(target=submitter, args=(k,), daemon=True)
-                for k in range(threads)]
+        pool = [threading.Thread(target=submitter, args=(k,), daemon=True) for k in range(threads)]
         cpu0 = group_cpu(self.proc.pid)
         machine0 = machine_cpu()
         for t in pool:
@@ -401,8 +434,9 @@ class Side:
         if errors:
             raise errors[0]
         done = [r for r in runs if r is not None]
-        unfinished = self.wait_terminal([r.key for r in done], self.args.timeout, 0.2,
-                                        stall=self.args.stall)
+        unfinished = self.wait_terminal(
+            [r.key for r in done], self.args.timeout, 0.2, stall=self.args.stall
+        )
         end = time.time()
         cpu1 = group_cpu(self.proc.pid)
         machine1 = machine_cpu()
@@ -427,7 +461,8 @@ class Side:
             result.machine = self.machine
             if self.record.exists():
                 result.runs_per_message = Counter(
-                    line.split()[0] for line in self.record.read_text().splitlines() if line)
+                    line.split()[0] for line in self.record.read_text().splitlines() if line
+                )
             time.sleep(1)  # let stray (duplicate) messages land before counting them
             result.leftover = queue_depth(self.args.amqp_url, self.queue())
         finally:
@@ -444,32 +479,57 @@ class AgxSide(Side):
         a = self.args
         migrate(a.db_url)
         self.settings = Settings(
-            database_url=normalize_database_url(a.db_url), redis_url=a.redis_url,
-            broker_url=a.amqp_url, home=self.workdir / "agx-home",
-            queue=self.queue())
+            database_url=normalize_database_url(a.db_url),
+            redis_url=a.redis_url,
+            broker_url=a.amqp_url,
+            home=self.workdir / "agx-home",
+            queue=self.queue(),
+        )
         with self.conn().transaction():
-            self.conn().execute("TRUNCATE payments, transcripts, executions, schedules, "
-                                "api_keys, agents CASCADE")
+            self.conn().execute(
+                "TRUNCATE payments, transcripts, executions, schedules, api_keys, agents CASCADE"
+            )
         redis.Redis.from_url(a.redis_url).flushdb()  # db 14 is the bench's own
         self.services = Services(self.settings, pool_size=a.submit_threads + 2)
         with self.services.Session.begin() as session:
-            session.add(Agent(
-                name=AGENT_NAME, command=AGENT_ARGV, output="text",
-                max_parallel_tasks=a.processes * a.threads, timeout_seconds=300,
-                queue_limit=a.count + 1000, env={"BENCH_RECORD": str(self.record)}))
+            session.add(
+                Agent(
+                    name=AGENT_NAME,
+                    command=AGENT_ARGV,
+                    output="text",
+                    max_parallel_tasks=a.processes * a.threads,
+                    timeout_seconds=300,
+                    queue_limit=a.count + 1000,
+                    env={"BENCH_RECORD": str(self.record)},
+                )
+            )
 
     def queue(self) -> str:
         return f"agx-bench-{self.tag}"
 
     def worker_argv(self) -> list[str]:
-        return [sys.executable, "-m", "agx", "workers", "--processes", str(self.args.processes),
-                "--threads", str(self.args.threads)]
+        return [
+            sys.executable,
+            "-m",
+            "agx",
+            "workers",
+            "--processes",
+            str(self.args.processes),
+            "--threads",
+            str(self.args.threads),
+        ]
 
     def worker_env(self) -> dict[str, str]:
         s = self.settings
-        return {**os.environ, "AGX_DATABASE_URL": s.database_url or "",
-                "AGX_REDIS_URL": s.redis_url or "", "AGX_BROKER_URL": s.broker_url or "",
-                "AGX_QUEUE": s.queue, "AGX_HOME": str(s.home), "PYTHONPATH": str(ROOT)}
+        return {
+            **os.environ,
+            "AGX_DATABASE_URL": s.database_url or "",
+            "AGX_REDIS_URL": s.redis_url or "",
+            "AGX_BROKER_URL": s.broker_url or "",
+            "AGX_QUEUE": s.queue,
+            "AGX_HOME": str(s.home),
+            "PYTHONPATH": str(ROOT),
+        }
 
     def submit(self, message: str) -> str:
         from producer.submit import submit_execution
@@ -480,9 +540,15 @@ class AgxSide(Side):
         return submitted.execution.id
 
     def fetch(self, keys: list[str]) -> dict[str, tuple]:
-        rows = self.conn().execute(
-            "SELECT id, status, attempt, created_at, started_at, completed_at, response, error "
-            "FROM executions WHERE id = ANY(%s)", (keys,)).fetchall()
+        rows = (
+            self.conn()
+            .execute(
+                "SELECT id, status, attempt, created_at, started_at, completed_at, response, error "
+                "FROM executions WHERE id = ANY(%s)",
+                (keys,),
+            )
+            .fetchall()
+        )
         return {r[0]: r[1:] for r in rows}
 
     def close(self) -> None:
@@ -504,30 +570,52 @@ class BareSide(Side):
         self.broker = bare_peer.make_broker(self.args.amqp_url)
 
     def _bench_env(self) -> dict[str, str]:
-        return {"BENCH_BROKER_URL": self.args.amqp_url, "BENCH_DATABASE_URL": self.args.db_url,
-                "BENCH_QUEUE": self.queue(), "BENCH_AGENT_ARGV": json.dumps(AGENT_ARGV),
-                "BENCH_RECORD": str(self.record)}
+        return {
+            "BENCH_BROKER_URL": self.args.amqp_url,
+            "BENCH_DATABASE_URL": self.args.db_url,
+            "BENCH_QUEUE": self.queue(),
+            "BENCH_AGENT_ARGV": json.dumps(AGENT_ARGV),
+            "BENCH_RECORD": str(self.record),
+        }
 
     def queue(self) -> str:
         return f"bench-bare-{self.tag}"
 
     def worker_argv(self) -> list[str]:
-        return [sys.executable, "-m", "dramatiq", "bench.bare_peer",
-                "--processes", str(self.args.processes), "--threads", str(self.args.threads)]
+        return [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "bench.bare_peer",
+            "--processes",
+            str(self.args.processes),
+            "--threads",
+            str(self.args.threads),
+        ]
 
     def worker_env(self) -> dict[str, str]:
         # The same prefetch `agx workers` sets.
-        return {**os.environ, **self._bench_env(), "PYTHONPATH": str(ROOT),
-                "dramatiq_queue_prefetch": str(self.args.threads)}
+        return {
+            **os.environ,
+            **self._bench_env(),
+            "PYTHONPATH": str(ROOT),
+            "dramatiq_queue_prefetch": str(self.args.threads),
+        }
 
     def submit(self, message: str) -> str:
         return self.peer.submit(self.conn(), self.broker, message, self.queue())
 
     def fetch(self, keys: list[str]) -> dict[str, tuple]:
-        rows = self.conn().execute(
-            "SELECT id, status, attempt, created_at, started_at, completed_at, output, "
-            "CASE WHEN status = 'completed' THEN NULL ELSE 'exit ' || exit_code END "
-            "FROM bench_bare_runs WHERE id = ANY(%s)", (keys,)).fetchall()
+        rows = (
+            self.conn()
+            .execute(
+                "SELECT id, status, attempt, created_at, started_at, completed_at, output, "
+                "CASE WHEN status = 'completed' THEN NULL ELSE 'exit ' || exit_code END "
+                "FROM bench_bare_runs WHERE id = ANY(%s)",
+                (keys,),
+            )
+            .fetchall()
+        )
         return {r[0]: r[1:] for r in rows}
 
     def close(self) -> None:
@@ -542,8 +630,9 @@ def tree_version() -> str:
     import subprocess
 
     def git(*a: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *a], capture_output=True, text=True
+        ).stdout.strip()
 
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return f"{git('rev-parse', '--short', 'HEAD')}{' (+ uncommitted changes)' if dirty else ''}"
@@ -557,47 +646,65 @@ def dispatch(runs: list[Run]) -> tuple[list[float], list[float]]:
 
 def report(results: list[Result], args: argparse.Namespace) -> None:
     print(f"\ntree: {tree_version()}")
-    print(f"{args.count} executions, workers --processes {args.processes} "
-          f"--threads {args.threads}, {args.submit_threads} submit threads, "
-          f"{os.cpu_count()} CPUs; agent: python -S bench/trivial_agent.py")
-    print("dispatch (agent start) = agent's first time.time() - submit; "
-          "dispatch (claim) = row started_at - submit\n")
-    head = (f"{'side':<6}{'count':>7}{'wall s':>9}{'exec/s':>9}"
-            f"{'start p50':>11}{'start p99':>11}{'claim p50':>11}{'claim p99':>11}"
-            f"{'idle start p50':>16}{'idle claim p50':>16}")
+    print(
+        f"{args.count} executions, workers --processes {args.processes} "
+        f"--threads {args.threads}, {args.submit_threads} submit threads, "
+        f"{os.cpu_count()} CPUs; agent: python -S bench/trivial_agent.py"
+    )
+    print(
+        "dispatch (agent start) = agent's first time.time() - submit; "
+        "dispatch (claim) = row started_at - submit\n"
+    )
+    head = (
+        f"{'side':<6}{'count':>7}{'wall s':>9}{'exec/s':>9}"
+        f"{'start p50':>11}{'start p99':>11}{'claim p50':>11}{'claim p99':>11}"
+        f"{'idle start p50':>16}{'idle claim p50':>16}"
+    )
     print(head + "\n" + "-" * len(head))
     for r in results:
         start, claim = dispatch(r.load)
         istart, iclaim = dispatch(r.idle)
         count = f"{r.finished}" if r.finished == len(r.load) else f"{r.finished}/{len(r.load)}"
-        print(f"{r.name:<6}{count:>7}{r.wall:>9.2f}{r.rate:>9.1f}"
-              f"{ms(pct(start, 50)):>11}{ms(pct(start, 99)):>11}"
-              f"{ms(pct(claim, 50)):>11}{ms(pct(claim, 99)):>11}"
-              f"{ms(pct(istart, 50)):>16}{ms(pct(iclaim, 50)):>16}")
+        print(
+            f"{r.name:<6}{count:>7}{r.wall:>9.2f}{r.rate:>9.1f}"
+            f"{ms(pct(start, 50)):>11}{ms(pct(start, 99)):>11}"
+            f"{ms(pct(claim, 50)):>11}{ms(pct(claim, 99)):>11}"
+            f"{ms(pct(istart, 50)):>16}{ms(pct(iclaim, 50)):>16}"
+        )
     print("(latencies in ms; count = executions finished under load)")
     for r in results:
         n = max(r.finished, 1)
-        print(f"{r.name}: worker pool CPU under load {r.cpu[0]:.1f} s "
-              f"({r.cpu[0] / n * 1000:.1f} ms per execution), agent processes "
-              f"{r.cpu[1] / n * 1000:.1f} ms per execution")
+        print(
+            f"{r.name}: worker pool CPU under load {r.cpu[0]:.1f} s "
+            f"({r.cpu[0] / n * 1000:.1f} ms per execution), agent processes "
+            f"{r.cpu[1] / n * 1000:.1f} ms per execution"
+        )
         parts = ", ".join(f"{k} {v / n * 1000:.2f}" for k, v in r.machine.items() if k != "machine")
         total = r.machine.get("machine", math.nan) / n * 1000
-        print(f"{r.name}: machine CPU under load {total:.1f} ms per execution ({parts}; "
-              "services: live processes only)")
+        print(
+            f"{r.name}: machine CPU under load {total:.1f} ms per execution ({parts}; "
+            "services: live processes only)"
+        )
     for r in results:
         if r.leftover:
-            print(f"{r.name}: {r.leftover} messages still queued after every row was terminal "
-                  "(duplicate deliveries)")
+            print(
+                f"{r.name}: {r.leftover} messages still queued after every row was terminal "
+                "(duplicate deliveries)"
+            )
     by = {r.name: r for r in results}
     if "agx" in by and "bare" in by:
         ratio = by["agx"].rate / by["bare"].rate
-        print(f"\nthroughput ratio agx / bare = {ratio:.2f}  (target >= 0.80: "
-              f"{'PASS' if ratio >= 0.8 else 'FAIL'})")
+        print(
+            f"\nthroughput ratio agx / bare = {ratio:.2f}  (target >= 0.80: "
+            f"{'PASS' if ratio >= 0.8 else 'FAIL'})"
+        )
     if "agx" in by and by["agx"].idle:
         istart, iclaim = dispatch(by["agx"].idle)
-        print(f"agx idle dispatch p50: claim {ms(pct(iclaim, 50))} ms (target <= 10: "
-              f"{'PASS' if pct(iclaim, 50) <= 0.010 else 'FAIL'}), "
-              f"agent start {ms(pct(istart, 50))} ms (includes interpreter start-up)")
+        print(
+            f"agx idle dispatch p50: claim {ms(pct(iclaim, 50))} ms (target <= 10: "
+            f"{'PASS' if pct(iclaim, 50) <= 0.010 else 'FAIL'}), "
+            f"agent start {ms(pct(istart, 50))} ms (includes interpreter start-up)"
+        )
     for r in results:
         breakdown(r)
     for r in results:
@@ -619,8 +726,10 @@ def breakdown(r: Result) -> None:
     for label, f in steps:
         idle = [v for v in map(f, r.idle) if not math.isnan(v)]
         load = [v for v in map(f, r.load) if not math.isnan(v)]
-        print(f"  {label:<30}{ms(pct(idle, 50)):>9}{ms(pct(idle, 90)):>11}"
-              f"{ms(pct(load, 50)):>11}{ms(pct(load, 99)):>11}")
+        print(
+            f"  {label:<30}{ms(pct(idle, 50)):>9}{ms(pct(idle, 90)):>11}"
+            f"{ms(pct(load, 50)):>11}{ms(pct(load, 99)):>11}"
+        )
 
 
 def verify(r: Result) -> None:
@@ -630,11 +739,13 @@ def verify(r: Result) -> None:
     twice = sum(1 for n in started if n > 1)
     never = sum(1 for n in started if n == 0)
     ok = not bad and not twice and not never
-    print(f"\nagx correctness: {len(runs)} executions ({len(r.idle)} idle + {len(r.load)} load): "
-          f"{sum(x.status == 'completed' for x in runs)} completed, "
-          f"{sum(x.attempt == 1 for x in runs)} with attempt == 1, agent process started "
-          f"exactly once for {sum(n == 1 for n in started)} "
-          f"(twice+: {twice}, never: {never}) -> {'OK' if ok else 'FAILED'}")
+    print(
+        f"\nagx correctness: {len(runs)} executions ({len(r.idle)} idle + {len(r.load)} load): "
+        f"{sum(x.status == 'completed' for x in runs)} completed, "
+        f"{sum(x.attempt == 1 for x in runs)} with attempt == 1, agent process started "
+        f"exactly once for {sum(n == 1 for n in started)} "
+        f"(twice+: {twice}, never: {never}) -> {'OK' if ok else 'FAILED'}"
+    )
     for x in bad[:5]:
         print(f"  {x.key}: status={x.status} attempt={x.attempt} error={x.error!r}")
     if not ok:
@@ -649,15 +760,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--count", type=int, default=2000, help="executions under load per side")
     p.add_argument("--processes", type=int, default=2, help="worker processes (both sides)")
     p.add_argument("--threads", type=int, default=8, help="threads per worker process")
-    p.add_argument("--idle-samples", type=int, default=50,
-                   help="one-at-a-time executions for idle dispatch latency (0: skip)")
+    p.add_argument(
+        "--idle-samples",
+        type=int,
+        default=50,
+        help="one-at-a-time executions for idle dispatch latency (0: skip)",
+    )
     p.add_argument("--submit-threads", type=int, default=4, help="concurrent submitters")
     p.add_argument("--only", choices=("agx", "bare"), help="run one side only")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the load")
-    p.add_argument("--stall", type=float, default=60,
-                   help="give up (and report what finished) after this long without progress")
-    p.add_argument("--max-queue", type=int, default=1_000_000,
-                   help="give up when the queue holds more messages than this (a storm)")
+    p.add_argument(
+        "--stall",
+        type=float,
+        default=60,
+        help="give up (and report what finished) after this long without progress",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=1_000_000,
+        help="give up when the queue holds more messages than this (a storm)",
+    )
     p.add_argument("--db-url", default="postgresql://postgres@127.0.0.1:5432/agx_bench")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")

@@ -13,7 +13,7 @@ import psycopg
 from sqlalchemy import text
 
 from shared.db import driver, driver_connection, one
-from shared.errors import InvalidField, NotFound, QueueFull
+from shared.errors import AlreadyFired, InvalidField, NotFound, QueueFull
 from shared.models import Execution, new_id, utcnow
 from shared.services import Services
 from shared.slots import submitted_us
@@ -125,7 +125,21 @@ def _insert_exactly(services: Services, agent: Any, row: dict[str, Any]) -> None
         in_flight = int(tx.execute(_IN_FLIGHT, {"name": agent.name}).scalar_one())
         _refuse_if_full(agent, in_flight)
         row["queued_at"] = row["created_at"] if in_flight >= agent.max_parallel_tasks else None
-        driver(tx).execute(_INSERT, row)
+        _insert(driver(tx), row)
+
+
+def _insert(conn: psycopg.Connection[Any], row: dict[str, Any]) -> None:
+    """INSERT the row; the database's refusals become the errors callers handle."""
+    try:
+        conn.execute(_INSERT, row)
+    except psycopg.errors.UniqueViolation as exc:
+        if exc.diag.constraint_name != "one_fire_per_due_time":
+            raise
+        raise AlreadyFired(
+            f"schedule {row['schedule_id']} has an execution for {row['scheduled_for']} already"
+        ) from exc
+    except psycopg.errors.ForeignKeyViolation as exc:  # deleted since it was read
+        raise NotFound(f"agent '{row['agent_name']}' does not exist") from exc
 
 
 def submit_execution(
@@ -171,7 +185,7 @@ def submit_execution(
         # Far from the limit: no lock, so one agent's submissions run in parallel.
         fast = agent.in_flight + LOCK_MARGIN < agent.max_parallel_tasks + agent.queue_limit
         if fast:
-            conn.execute(_INSERT, row)
+            _insert(conn, row)
     if not fast:  # after giving that connection back: never hold two from the pool at once
         _insert_exactly(services, agent, row)
     execution = Execution(**row)

@@ -8,7 +8,18 @@ from scheduler.service import SchedulerService
 from scheduler.timing import FireTimes, ZoneError, zone
 
 __all__ = [
-    "TEST_SECONDS_ENV", "Cron", "CronError", "FireOutcome", "FireTimes", "Overlap",
-    "SchedulerService", "ZoneError", "fire_batch", "fire_due", "parse", "recover_stale_claims",
-    "test_seconds_enabled", "zone",
+    "TEST_SECONDS_ENV",
+    "Cron",
+    "CronError",
+    "FireOutcome",
+    "FireTimes",
+    "Overlap",
+    "SchedulerService",
+    "ZoneError",
+    "fire_batch",
+    "fire_due",
+    "parse",
+    "recover_stale_claims",
+    "test_seconds_enabled",
+    "zone",
 ]

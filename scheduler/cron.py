@@ -18,8 +18,12 @@ TEST_SECONDS_ENV = "AGX_SCHEDULER_TEST_SECONDS"
 SEARCH_YEARS = 10  #: how far ahead a fire time is looked for (covers leap days, 2100 too)
 
 MACROS = {
-    "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -73,8 +77,9 @@ class Cron:
 
     def next_wall(self, start: datetime) -> datetime | None:
         """The first naive wall-clock time >= start (whole seconds) that the fields accept."""
-        t = start.replace(microsecond=0) + (timedelta(seconds=1) if start.microsecond else
-                                            timedelta())
+        t = start.replace(microsecond=0) + (
+            timedelta(seconds=1) if start.microsecond else timedelta()
+        )
         limit = start.year + SEARCH_YEARS
         while t.year <= limit:
             if t.month not in self.months:
@@ -90,9 +95,9 @@ class Cron:
 
     def _time_in_day(self, t: datetime) -> datetime | None:
         """The first accepted time of day at or after t, on t's own day."""
-        for hour in self.hours[bisect_left(self.hours, t.hour):]:
+        for hour in self.hours[bisect_left(self.hours, t.hour) :]:
             same_hour = hour == t.hour
-            for minute in self.minutes[bisect_left(self.minutes, t.minute) if same_hour else 0:]:
+            for minute in self.minutes[bisect_left(self.minutes, t.minute) if same_hour else 0 :]:
                 floor = t.second if same_hour and minute == t.minute else 0
                 i = bisect_left(self.seconds, floor)
                 if i < len(self.seconds):
@@ -119,14 +124,23 @@ def parse(expression: str, allow_seconds: bool = False) -> Cron:
     elif len(parts) == 5:
         second = frozenset({0})
     else:
-        raise CronError(f"needs 5 fields (minute hour day-of-month month day-of-week), "
-                        f"got {len(parts)}")
-    minute, hour, dom, month, dow = (_values(p, f) for p, f in zip(
-        parts, (_MINUTE, _HOUR, _DOM, _MONTH, _DOW), strict=True))
-    cron = Cron(text, tuple(sorted(second)), tuple(sorted(minute)), tuple(sorted(hour)), dom,
-                month, frozenset(d % 7 for d in dow),
-                day_or=not parts[2].startswith("*") and not parts[4].startswith("*"),
-                any_hour=parts[1] == "*")
+        raise CronError(
+            f"needs 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}"
+        )
+    minute, hour, dom, month, dow = (
+        _values(p, f) for p, f in zip(parts, (_MINUTE, _HOUR, _DOM, _MONTH, _DOW), strict=True)
+    )
+    cron = Cron(
+        text,
+        tuple(sorted(second)),
+        tuple(sorted(minute)),
+        tuple(sorted(hour)),
+        dom,
+        month,
+        frozenset(d % 7 for d in dow),
+        day_or=not parts[2].startswith("*") and not parts[4].startswith("*"),
+        any_hour=parts[1] == "*",
+    )
     if cron.next_wall(datetime(2000, 1, 1)) is None:
         raise CronError("never fires (no such day, like 30 February)")
     return cron

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from producer import submit_execution
@@ -35,7 +34,7 @@ from scheduler.records import (
     set_last_run,
     set_next_runs,
 )
-from shared.errors import InvalidField, NotFound, QueueFull
+from shared.errors import AlreadyFired, InvalidField, NotFound, QueueFull
 from shared.models import Execution, utcnow
 from shared.services import Services
 from shared.states import Trigger
@@ -73,16 +72,26 @@ class Fired:
     locked: list[str] = field(default_factory=list)  #: rows another transaction held
 
 
-def fire_due(services: Services, schedule_id: str, now: datetime, scheduler_id: str,
-             allow_seconds: bool = False) -> FireOutcome | None:
+def fire_due(
+    services: Services,
+    schedule_id: str,
+    now: datetime,
+    scheduler_id: str,
+    allow_seconds: bool = False,
+) -> FireOutcome | None:
     """Handle what is due for one schedule up to `now` (waiting for its row lock)."""
     fired = fire_batch(services, [schedule_id], now, scheduler_id, allow_seconds)
     return fired.outcomes.get(schedule_id)
 
 
-def fire_batch(services: Services, schedule_ids: Sequence[str], now: datetime,
-               scheduler_id: str, allow_seconds: bool = False,
-               skip_locked: bool = False) -> Fired:
+def fire_batch(
+    services: Services,
+    schedule_ids: Sequence[str],
+    now: datetime,
+    scheduler_id: str,
+    allow_seconds: bool = False,
+    skip_locked: bool = False,
+) -> Fired:
     """Handle what is due for these schedules up to `now`, in one claim transaction."""
     fired = Fired()
     with services.Session.begin() as session:
@@ -109,11 +118,13 @@ def _claim(session: Session, plans: list[Plan], scheduler_id: str, fired: Fired)
         records = list(p.missed)
         if p.due is not None:
             reason = overlap_reason(p.schedule.overlap, busy.get(p.schedule.id, []))
-            records.append(Record(p.due, FireOutcome.skipped, reason) if reason
-                           else Record(p.due, FireOutcome.claimed))
+            records.append(
+                Record(p.due, FireOutcome.skipped, reason)
+                if reason
+                else Record(p.due, FireOutcome.claimed)
+            )
         per_plan.append((p, records))
-    inserted = record(session, scheduler_id, [(p.schedule.id, r) for p, rs in per_plan
-                                              for r in rs])
+    inserted = record(session, scheduler_id, [(p.schedule.id, r) for p, rs in per_plan for r in rs])
     claims = []
     for p, records in per_plan:
         if not records:  # nothing was due: only the marker moved
@@ -123,12 +134,25 @@ def _claim(session: Session, plans: list[Plan], scheduler_id: str, fired: Fired)
         if fire_id is None:
             log.debug("schedule %s: due time already handled by another scheduler", p.schedule.id)
         elif last.outcome is FireOutcome.claimed:
-            claims.append(Claim(fire_id, p.schedule.id, p.schedule.agent_name,
-                                p.schedule.message, p.schedule.model, last.scheduled_for))
+            claims.append(
+                Claim(
+                    fire_id,
+                    p.schedule.id,
+                    p.schedule.agent_name,
+                    p.schedule.message,
+                    p.schedule.model,
+                    last.scheduled_for,
+                )
+            )
         else:
             fired.outcomes[p.schedule.id] = last.outcome
-            log.info("schedule %s at %s %s: %s", p.schedule.id, last.scheduled_for.isoformat(),
-                     last.outcome, last.reason)
+            log.info(
+                "schedule %s at %s %s: %s",
+                p.schedule.id,
+                last.scheduled_for.isoformat(),
+                last.outcome,
+                last.reason,
+            )
     return claims
 
 
@@ -136,14 +160,20 @@ def submit_claim(services: Services, claim: Claim) -> Settled | None:
     """Submit a claimed due time; None (left claimed, for recovery) when that broke midway."""
     try:
         submitted = submit_execution(
-            services, claim.agent_name, claim.message, model=claim.model,
-            triggered_by=Trigger.schedule, source=f"schedule:{claim.schedule_id}",
-            schedule_id=claim.schedule_id, scheduled_for=claim.due)
+            services,
+            claim.agent_name,
+            claim.message,
+            model=claim.model,
+            triggered_by=Trigger.schedule,
+            source=f"schedule:{claim.schedule_id}",
+            schedule_id=claim.schedule_id,
+            scheduled_for=claim.due,
+        )
     except QueueFull as exc:
         return Settled(claim, FireOutcome.skipped, exc.message)
     except (NotFound, InvalidField) as exc:
         return Settled(claim, FireOutcome.failed, exc.message)
-    except IntegrityError:  # one_fire_per_due_time: a recovery submitted it already
+    except AlreadyFired:  # a recovery submitted it already
         return Settled(claim, FireOutcome.submitted, None, execution_of(services, claim))
     except Exception:  # database or Redis away: the claim stays, recovery settles it
         log.exception("schedule %s at %s: submission failed", claim.schedule_id, claim.due)
@@ -154,8 +184,11 @@ def submit_claim(services: Services, claim: Claim) -> Settled | None:
 def execution_of(services: Services, claim: Claim) -> str | None:
     """The execution already made for a claim's due time, if any."""
     with services.Session() as session:
-        return session.scalar(select(Execution.id).where(
-            Execution.schedule_id == claim.schedule_id, Execution.scheduled_for == claim.due))
+        return session.scalar(
+            select(Execution.id).where(
+                Execution.schedule_id == claim.schedule_id, Execution.scheduled_for == claim.due
+            )
+        )
 
 
 def settle(services: Services, settled: Sequence[Settled]) -> None:
@@ -166,10 +199,17 @@ def settle(services: Services, settled: Sequence[Settled]) -> None:
         relax_durability(session)
         # Schedules before their fires: the order a schedule's deletion locks them in (it
         # cascades to its fires), so the two cannot deadlock.
-        set_last_run(session, [s.claim.schedule_id for s in settled
-                               if s.outcome is FireOutcome.submitted], utcnow())
-        finish(session, [(s.claim.fire_id, s.outcome, s.reason, s.execution_id)
-                         for s in settled])
+        set_last_run(
+            session,
+            [s.claim.schedule_id for s in settled if s.outcome is FireOutcome.submitted],
+            utcnow(),
+        )
+        finish(session, [(s.claim.fire_id, s.outcome, s.reason, s.execution_id) for s in settled])
     for s in settled:
-        log.info("schedule %s at %s %s: %s", s.claim.schedule_id, s.claim.due.isoformat(),
-                 s.outcome, s.execution_id or s.reason)
+        log.info(
+            "schedule %s at %s %s: %s",
+            s.claim.schedule_id,
+            s.claim.due.isoformat(),
+            s.outcome,
+            s.execution_id or s.reason,
+        )

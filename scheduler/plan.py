@@ -53,8 +53,13 @@ def plan(row: Any, now: datetime, allow_seconds: bool) -> Plan | None:
     late = (now - due).total_seconds()
     if late <= row.misfire_grace_seconds:
         return Plan(row, times.next_after(now), missed, due)
-    missed.append(Record(due, FireOutcome.missed, f"fired {late:.0f} s late, beyond "
-                         f"misfire_grace_seconds ({row.misfire_grace_seconds})"))
+    missed.append(
+        Record(
+            due,
+            FireOutcome.missed,
+            f"fired {late:.0f} s late, beyond misfire_grace_seconds ({row.misfire_grace_seconds})",
+        )
+    )
     return Plan(row, times.next_after(now), missed)
 
 

@@ -60,10 +60,25 @@ def relax_durability(session: Session) -> None:
 def lock_schedules(session: Session, ids: Sequence[str], skip_locked: bool) -> list[Any]:
     """Lock the rows of these schedules (in id order, so lockers never deadlock) and read them."""
     t = _SCHEDULES
-    return list(session.execute(
-        select(t.c.id, t.c.agent_name, t.c.cron, t.c.timezone, t.c.message, t.c.model,
-               t.c.enabled, t.c.overlap, t.c.misfire_grace_seconds, t.c.next_run_at)
-        .where(t.c.id.in_(ids)).order_by(t.c.id).with_for_update(skip_locked=skip_locked)))
+    return list(
+        session.execute(
+            select(
+                t.c.id,
+                t.c.agent_name,
+                t.c.cron,
+                t.c.timezone,
+                t.c.message,
+                t.c.model,
+                t.c.enabled,
+                t.c.overlap,
+                t.c.misfire_grace_seconds,
+                t.c.next_run_at,
+            )
+            .where(t.c.id.in_(ids))
+            .order_by(t.c.id)
+            .with_for_update(skip_locked=skip_locked)
+        )
+    )
 
 
 def existing(session: Session, ids: Sequence[str]) -> set[str]:
@@ -74,46 +89,80 @@ def existing(session: Session, ids: Sequence[str]) -> set[str]:
 def in_flight(session: Session, ids: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
     """Per schedule: (id, status) of its pending/running runs and (id, "claimed") of its claims."""
     e, f = Execution.metadata.tables["executions"], _FIRES
-    rows = session.execute(union_all(
-        select(e.c.schedule_id, e.c.id, e.c.status)
-        .where(e.c.schedule_id.in_(ids), e.c.status.in_(_IN_FLIGHT)),
-        select(f.c.schedule_id, cast(f.c.id, String), f.c.outcome)
-        .where(f.c.schedule_id.in_(ids), f.c.outcome == FireOutcome.claimed.value)))
+    rows = session.execute(
+        union_all(
+            select(e.c.schedule_id, e.c.id, e.c.status).where(
+                e.c.schedule_id.in_(ids), e.c.status.in_(_IN_FLIGHT)
+            ),
+            select(f.c.schedule_id, cast(f.c.id, String), f.c.outcome).where(
+                f.c.schedule_id.in_(ids), f.c.outcome == FireOutcome.claimed.value
+            ),
+        )
+    )
     found: dict[str, list[tuple[str, str]]] = {}
     for schedule_id, item, status in rows:
         found.setdefault(schedule_id, []).append((item, status))
     return found
 
 
-def record(session: Session, scheduler_id: str,
-           records: Sequence[tuple[str, Record]]) -> dict[tuple[str, datetime], int]:
+def record(
+    session: Session, scheduler_id: str, records: Sequence[tuple[str, Record]]
+) -> dict[tuple[str, datetime], int]:
     """Insert records whose due time has none yet; ids of those inserted by (schedule, time)."""
     if not records:
         return {}
     now = utcnow()
-    stmt = insert(_FIRES).values([
-        {"schedule_id": schedule_id, "scheduled_for": r.scheduled_for, "outcome": r.outcome.value,
-         "reason": r.reason, "scheduler_id": scheduler_id, "created_at": now, "updated_at": now}
-        for schedule_id, r in records
-    ]).on_conflict_do_nothing(constraint="one_record_per_due_time")
-    rows = session.execute(stmt.returning(_FIRES.c.schedule_id, _FIRES.c.scheduled_for,
-                                          _FIRES.c.id))
+    stmt = (
+        insert(_FIRES)
+        .values(
+            [
+                {
+                    "schedule_id": schedule_id,
+                    "scheduled_for": r.scheduled_for,
+                    "outcome": r.outcome.value,
+                    "reason": r.reason,
+                    "scheduler_id": scheduler_id,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for schedule_id, r in records
+            ]
+        )
+        .on_conflict_do_nothing(constraint="one_record_per_due_time")
+    )
+    rows = session.execute(
+        stmt.returning(_FIRES.c.schedule_id, _FIRES.c.scheduled_for, _FIRES.c.id)
+    )
     return {(schedule_id, when): fire_id for schedule_id, when, fire_id in rows}
 
 
-def finish(session: Session, outcomes: Sequence[tuple[int, FireOutcome, str | None, str | None]]
-           ) -> None:
+def finish(
+    session: Session, outcomes: Sequence[tuple[int, FireOutcome, str | None, str | None]]
+) -> None:
     """Move claimed records to (outcome, reason, execution id); only from `claimed`."""
     if not outcomes:
         return
     f = _FIRES
     session.execute(
-        update(f).where(f.c.id == bindparam("b_id"), f.c.outcome == FireOutcome.claimed.value)
-        .values(outcome=bindparam("b_outcome"), reason=bindparam("b_reason"),
-                execution_id=bindparam("b_execution"), updated_at=bindparam("b_now")),
-        [{"b_id": fire_id, "b_outcome": outcome.value, "b_reason": reason,
-          "b_execution": execution_id, "b_now": utcnow()}
-         for fire_id, outcome, reason, execution_id in outcomes])
+        update(f)
+        .where(f.c.id == bindparam("b_id"), f.c.outcome == FireOutcome.claimed.value)
+        .values(
+            outcome=bindparam("b_outcome"),
+            reason=bindparam("b_reason"),
+            execution_id=bindparam("b_execution"),
+            updated_at=bindparam("b_now"),
+        ),
+        [
+            {
+                "b_id": fire_id,
+                "b_outcome": outcome.value,
+                "b_reason": reason,
+                "b_execution": execution_id,
+                "b_now": utcnow(),
+            }
+            for fire_id, outcome, reason, execution_id in outcomes
+        ],
+    )
 
 
 def set_next_runs(session: Session, markers: dict[str, datetime | None]) -> None:
@@ -123,9 +172,11 @@ def set_next_runs(session: Session, markers: dict[str, datetime | None]) -> None
     t = _SCHEDULES
     # updated_at is kept as it is: it signals edits made through the API, not fires.
     session.execute(
-        update(t).where(t.c.id == bindparam("b_id"))
+        update(t)
+        .where(t.c.id == bindparam("b_id"))
         .values(next_run_at=bindparam("b_next"), updated_at=t.c.updated_at),
-        [{"b_id": k, "b_next": v} for k, v in markers.items()])
+        [{"b_id": k, "b_next": v} for k, v in markers.items()],
+    )
 
 
 def set_last_run(session: Session, ids: Sequence[str], when: datetime) -> None:
@@ -133,21 +184,34 @@ def set_last_run(session: Session, ids: Sequence[str], when: datetime) -> None:
     if not ids:
         return
     t = _SCHEDULES
-    session.execute(update(t).where(t.c.id.in_(ids)).values(
-        last_run_at=func.greatest(func.coalesce(t.c.last_run_at, when), when),
-        updated_at=t.c.updated_at))
+    session.execute(
+        update(t)
+        .where(t.c.id.in_(ids))
+        .values(
+            last_run_at=func.greatest(func.coalesce(t.c.last_run_at, when), when),
+            updated_at=t.c.updated_at,
+        )
+    )
 
 
 def recent(session: Session, schedule_id: str, limit: int = 20) -> list[ScheduleFire]:
     """The latest records of a schedule, newest due time first."""
-    return list(session.scalars(
-        select(ScheduleFire).where(ScheduleFire.schedule_id == schedule_id)
-        .order_by(ScheduleFire.scheduled_for.desc()).limit(limit)))
+    return list(
+        session.scalars(
+            select(ScheduleFire)
+            .where(ScheduleFire.schedule_id == schedule_id)
+            .order_by(ScheduleFire.scheduled_for.desc())
+            .limit(limit)
+        )
+    )
 
 
 def prune(session: Session, keep_days: float) -> int:
     """Delete settled records older than `keep_days`; returns how many."""
     cutoff = utcnow() - timedelta(days=keep_days)
-    result = session.execute(delete(ScheduleFire).where(
-        ScheduleFire.updated_at < cutoff, ScheduleFire.outcome != FireOutcome.claimed.value))
+    result = session.execute(
+        delete(ScheduleFire).where(
+            ScheduleFire.updated_at < cutoff, ScheduleFire.outcome != FireOutcome.claimed.value
+        )
+    )
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -54,8 +54,9 @@ class CronTrigger(BaseTrigger):
     def __init__(self, times: FireTimes):
         self.times = times
 
-    def get_next_fire_time(self, previous_fire_time: datetime | None,
-                           now: datetime) -> datetime | None:
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
         """The next cron instant after the previous fire (or after now)."""
         return self.times.next_after(previous_fire_time or now)
 
@@ -66,19 +67,29 @@ class CronTrigger(BaseTrigger):
 class SchedulerService:
     """One scheduler process: the APScheduler jobs, the firer threads, the sync loop."""
 
-    def __init__(self, services: Services, poll_seconds: float = 1.0, threads: int = 10,
-                 allow_seconds: bool = False, clock: Callable[[], datetime] = utcnow):
+    def __init__(
+        self,
+        services: Services,
+        poll_seconds: float = 1.0,
+        threads: int = 10,
+        allow_seconds: bool = False,
+        clock: Callable[[], datetime] = utcnow,
+    ):
         self.services, self.poll_seconds, self.clock = services, poll_seconds, clock
         self.allow_seconds = allow_seconds
         self.scheduler_id = f"{socket.gethostname()}:{os.getpid()}"
         self.scheduler = BackgroundScheduler(
-            timezone=UTC, executors={"default": ThreadPoolExecutor(2)},  # jobs only queue ids
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(2)},  # jobs only queue ids
             # Lateness and catch-up are decided by fire_batch against the database marker;
             # APScheduler must never drop a run as missed on its own.
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
         self.due = DueSet()
-        self.firers = [threading.Thread(target=self._firer, name=f"firer-{i}", daemon=True)
-                       for i in range(threads)]
+        self.firers = [
+            threading.Thread(target=self._firer, name=f"firer-{i}", daemon=True)
+            for i in range(threads)
+        ]
         self.versions: dict[str, datetime] = {}
         self.jobless: set[str] = set()  #: loaded, but never fire (bad cron here, or no time left)
         self.retries: dict[str, int] = {}
@@ -116,12 +127,22 @@ class SchedulerService:
     def sync(self) -> None:
         """Add, replace or drop jobs so they match the enabled schedules in the database."""
         with self.services.Session() as session:
-            rows = session.execute(select(
-                Schedule.id, Schedule.updated_at, Schedule.cron, Schedule.timezone,
-                Schedule.next_run_at).where(Schedule.enabled)).all()
+            rows = session.execute(
+                select(
+                    Schedule.id,
+                    Schedule.updated_at,
+                    Schedule.cron,
+                    Schedule.timezone,
+                    Schedule.next_run_at,
+                ).where(Schedule.enabled)
+            ).all()
         now = self.clock()
-        changed = [row for row in rows if self.versions.get(row.id) != row.updated_at
-                   or (row.id not in self.jobless and not self.scheduler.get_job(row.id))]
+        changed = [
+            row
+            for row in rows
+            if self.versions.get(row.id) != row.updated_at
+            or (row.id not in self.jobless and not self.scheduler.get_job(row.id))
+        ]
         gone = set(self.versions) - {row.id for row in rows}
         for row in changed:
             self._load(row, now, logging.DEBUG if len(changed) > QUIET_ABOVE else logging.INFO)
@@ -131,8 +152,12 @@ class SchedulerService:
             self._drop(schedule_id)
             log.info("schedule %s paused or deleted", schedule_id)
         if changed or gone:
-            log.info("in sync: %d enabled schedules (%d loaded, %d dropped)", len(rows),
-                     len(changed), len(gone))
+            log.info(
+                "in sync: %d enabled schedules (%d loaded, %d dropped)",
+                len(rows),
+                len(changed),
+                len(gone),
+            )
 
     def _load(self, row: Any, now: datetime, level: int = logging.INFO) -> None:
         """(Re)add the job of one schedule: at once when a due time is pending, else at its next."""
@@ -149,10 +174,21 @@ class SchedulerService:
             return
         self.jobless.discard(row.id)
         self.scheduler.add_job(
-            self._enqueue, CronTrigger(times), args=[row.id], id=row.id, replace_existing=True,
-            next_run_time=max(min(upcoming), now))
-        log.log(level, "schedule %s loaded: %s %s, next %s", row.id, row.cron, row.timezone,
-                min(upcoming).isoformat())
+            self._enqueue,
+            CronTrigger(times),
+            args=[row.id],
+            id=row.id,
+            replace_existing=True,
+            next_run_time=max(min(upcoming), now),
+        )
+        log.log(
+            level,
+            "schedule %s loaded: %s %s, next %s",
+            row.id,
+            row.cron,
+            row.timezone,
+            min(upcoming).isoformat(),
+        )
 
     def _drop(self, schedule_id: str) -> None:
         if self.scheduler.get_job(schedule_id):
@@ -169,8 +205,14 @@ class SchedulerService:
 
     def _fire(self, ids: list[str]) -> None:
         try:
-            fired = fire_batch(self.services, ids, self.clock(), self.scheduler_id,
-                               self.allow_seconds, skip_locked=True)
+            fired = fire_batch(
+                self.services,
+                ids,
+                self.clock(),
+                self.scheduler_id,
+                self.allow_seconds,
+                skip_locked=True,
+            )
         except Exception:  # the markers are untouched: the next run catches up
             log.exception("firing %d schedules failed", len(ids))
             return
@@ -191,8 +233,12 @@ class SchedulerService:
                     self.retries[schedule_id] = count
                     again.append(schedule_id)
         if again:
-            self.scheduler.add_job(self._requeue, "date", args=[again],
-                                   run_date=self.clock() + timedelta(seconds=RETRY_SECONDS))
+            self.scheduler.add_job(
+                self._requeue,
+                "date",
+                args=[again],
+                run_date=self.clock() + timedelta(seconds=RETRY_SECONDS),
+            )
 
     def _requeue(self, ids: list[str]) -> None:
         for schedule_id in ids:
@@ -208,5 +254,4 @@ class SchedulerService:
         with self.services.Session.begin() as session:
             removed = prune(session, HISTORY_DAYS)
         if removed:
-            log.info("pruned %d schedule history records older than %s days", removed,
-                     HISTORY_DAYS)
+            log.info("pruned %d schedule history records older than %s days", removed, HISTORY_DAYS)

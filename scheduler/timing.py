@@ -92,8 +92,9 @@ class FireTimes:
 
     def _steady(self, instant: datetime) -> bool:
         """No offset change within DST_WINDOW either side: wall time maps one-to-one."""
-        return ((instant - DST_WINDOW).astimezone(self.tz).utcoffset()
-                == (instant + DST_WINDOW).astimezone(self.tz).utcoffset())
+        return (instant - DST_WINDOW).astimezone(self.tz).utcoffset() == (
+            instant + DST_WINDOW
+        ).astimezone(self.tz).utcoffset()
 
     def _next_near_transition(self, after: datetime) -> datetime | None:
         """The slow path: walk wall times around `after` and keep the earliest later instant."""

@@ -46,6 +46,12 @@ class Conflict(AgxError):
     code = "conflict"
 
 
+class AlreadyFired(Conflict):
+    """A schedule's execution for this due time exists already (one_fire_per_due_time)."""
+
+    code = "already_fired"
+
+
 class QueueFull(AgxError):
     """The agent's waiting list is at its queue_limit."""
 

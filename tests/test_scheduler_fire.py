@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
 from producer import submit_execution
 from scheduler import FireOutcome, fire_due, recover_stale_claims, zone
+from shared.errors import AlreadyFired
 from shared.models import Execution, Schedule, ScheduleFire, utcnow
 from shared.states import Trigger
 from tests.conftest import statuses, wait_for
@@ -21,12 +21,17 @@ from tests.test_schedules_cron import WEEKDAYS, ZONES
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
 
 
-def make_schedule(services: Any, agent: str = "demo", cron: str = "* * * * *", tz: str = "UTC",
-                  next_run_at: datetime | None = T0, **fields: Any) -> str:
+def make_schedule(
+    services: Any,
+    agent: str = "demo",
+    cron: str = "* * * * *",
+    tz: str = "UTC",
+    next_run_at: datetime | None = T0,
+    **fields: Any,
+) -> str:
     values = {"name": "test", "message": "hello", "overlap": "allow", **fields}
     with services.Session.begin() as session:
-        row = Schedule(agent_name=agent, cron=cron, timezone=tz, next_run_at=next_run_at,
-                       **values)
+        row = Schedule(agent_name=agent, cron=cron, timezone=tz, next_run_at=next_run_at, **values)
         session.add(row)
         session.flush()
         return row.id
@@ -38,23 +43,38 @@ def fire(services: Any, schedule_id: str, now: datetime) -> FireOutcome | None:
 
 def runs(services: Any, schedule_id: str) -> list[Execution]:
     with services.Session() as session:
-        return list(session.scalars(select(Execution).where(Execution.schedule_id == schedule_id)
-                                    .order_by(Execution.scheduled_for)))
+        return list(
+            session.scalars(
+                select(Execution)
+                .where(Execution.schedule_id == schedule_id)
+                .order_by(Execution.scheduled_for)
+            )
+        )
 
 
 def history(services: Any, schedule_id: str) -> list[ScheduleFire]:
     with services.Session() as session:
-        return list(session.scalars(select(ScheduleFire).where(
-            ScheduleFire.schedule_id == schedule_id).order_by(ScheduleFire.scheduled_for)))
+        return list(
+            session.scalars(
+                select(ScheduleFire)
+                .where(ScheduleFire.schedule_id == schedule_id)
+                .order_by(ScheduleFire.scheduled_for)
+            )
+        )
 
 
 @pytest.mark.parametrize("tz", ZONES)
 def test_the_firing_code_fires_each_weekday_number_and_name_on_that_weekday(
-        services, make_agent, tz):
+    services, make_agent, tz
+):
     make_agent("demo", queue_limit=1000)
     sunday = datetime(2026, 3, 1, tzinfo=zone(tz))
-    ids = {dow: make_schedule(services, cron=f"0 9 * * {dow}", tz=tz,
-                              next_run_at=sunday.astimezone(UTC)) for dow in WEEKDAYS}
+    ids = {
+        dow: make_schedule(
+            services, cron=f"0 9 * * {dow}", tz=tz, next_run_at=sunday.astimezone(UTC)
+        )
+        for dow in WEEKDAYS
+    }
     for day in range(7):  # the clock visits 09:00:30 local of Sunday ... Saturday
         now = sunday + timedelta(days=day, hours=9, seconds=30)
         for schedule_id in ids.values():
@@ -64,10 +84,13 @@ def test_the_firing_code_fires_each_weekday_number_and_name_on_that_weekday(
         assert [(t.weekday(), t.hour, t.minute) for t in fired] == [(WEEKDAYS[dow], 9, 0)], dow
 
 
-@pytest.mark.parametrize(("day", "expected"), [
-    (datetime(2026, 3, 29), "03:00 CEST"), (datetime(2026, 10, 25), "02:30 CEST")])
+@pytest.mark.parametrize(
+    ("day", "expected"),
+    [(datetime(2026, 3, 29), "03:00 CEST"), (datetime(2026, 10, 25), "02:30 CEST")],
+)
 def test_a_2_30_berlin_schedule_fires_once_on_a_clock_change_day(
-        services, make_agent, day, expected):
+    services, make_agent, day, expected
+):
     make_agent("demo")
     berlin = zone("Europe/Berlin")
     start = day.replace(tzinfo=berlin).astimezone(UTC)
@@ -76,13 +99,15 @@ def test_a_2_30_berlin_schedule_fires_once_on_a_clock_change_day(
     while now < start + timedelta(hours=24):
         fire(services, schedule_id, now)
         now += timedelta(minutes=10)
-    fired = [r.scheduled_for.astimezone(berlin).strftime("%H:%M %Z") for r in runs(services,
-                                                                                    schedule_id)]
+    fired = [
+        r.scheduled_for.astimezone(berlin).strftime("%H:%M %Z") for r in runs(services, schedule_id)
+    ]
     assert fired == [expected]
 
 
 def test_overlap_skip_records_a_skipped_fire_while_the_previous_run_is_still_running(
-        services, make_agent, processes, client):
+    services, make_agent, processes, client
+):
     make_agent("demo")
     processes.workers()
     schedule_id = make_schedule(services, message="long job sleep=60", overlap="skip")
@@ -103,13 +128,15 @@ def test_overlap_skip_records_a_skipped_fire_while_the_previous_run_is_still_run
 
 
 def test_overlap_queue_submits_behind_a_running_run_but_keeps_only_one_waiting(
-        services, make_agent):
+    services, make_agent
+):
     make_agent("demo")
     schedule_id = make_schedule(services, overlap="queue")
     assert fire(services, schedule_id, T0 + timedelta(seconds=1)) is FireOutcome.submitted
     with services.Session.begin() as session:
-        session.execute(update(Execution).where(Execution.schedule_id == schedule_id)
-                        .values(status="running"))
+        session.execute(
+            update(Execution).where(Execution.schedule_id == schedule_id).values(status="running")
+        )
     assert fire(services, schedule_id, T0 + timedelta(minutes=1)) is FireOutcome.submitted
     assert fire(services, schedule_id, T0 + timedelta(minutes=2)) is FireOutcome.skipped
     assert [r.status for r in runs(services, schedule_id)] == ["running", "pending"]
@@ -125,7 +152,8 @@ def test_overlap_allow_submits_every_fire(services, make_agent):
 
 
 def test_after_downtime_only_the_latest_due_time_fires_and_the_others_are_recorded_missed(
-        services, make_agent, client):
+    services, make_agent, client
+):
     make_agent("demo")
     schedule_id = make_schedule(services, misfire_grace_seconds=300)
     now = T0 + timedelta(minutes=10, seconds=5)
@@ -142,7 +170,8 @@ def test_after_downtime_only_the_latest_due_time_fires_and_the_others_are_record
 
 
 def test_a_latest_due_time_beyond_the_grace_is_recorded_missed_and_nothing_runs(
-        services, make_agent):
+    services, make_agent
+):
     make_agent("demo")
     schedule_id = make_schedule(services, misfire_grace_seconds=10)
     assert fire(services, schedule_id, T0 + timedelta(minutes=10, seconds=30)) is FireOutcome.missed
@@ -161,8 +190,7 @@ def test_a_queue_limit_refusal_is_recorded_as_skipped_with_the_reason(services, 
     assert runs(services, schedule_id) == []
 
 
-def test_concurrent_fires_of_one_due_time_make_one_execution_and_one_record(
-        services, make_agent):
+def test_concurrent_fires_of_one_due_time_make_one_execution_and_one_record(services, make_agent):
     make_agent("demo")
     schedule_id = make_schedule(services)
     barrier, outcomes = threading.Barrier(8), []
@@ -183,33 +211,62 @@ def test_concurrent_fires_of_one_due_time_make_one_execution_and_one_record(
 def test_the_database_refuses_a_second_execution_for_the_same_due_time(services, make_agent):
     make_agent("demo")
     schedule_id = make_schedule(services)
-    submit_execution(services, "demo", "one", triggered_by=Trigger.schedule,
-                     schedule_id=schedule_id, scheduled_for=T0)
-    with pytest.raises(IntegrityError):
-        submit_execution(services, "demo", "two", triggered_by=Trigger.schedule,
-                         schedule_id=schedule_id, scheduled_for=T0)
+    submit_execution(
+        services,
+        "demo",
+        "one",
+        triggered_by=Trigger.schedule,
+        schedule_id=schedule_id,
+        scheduled_for=T0,
+    )
+    with pytest.raises(AlreadyFired):
+        submit_execution(
+            services,
+            "demo",
+            "two",
+            triggered_by=Trigger.schedule,
+            schedule_id=schedule_id,
+            scheduled_for=T0,
+        )
 
 
 def _claimed(services: Any, schedule_id: str, due: datetime) -> None:
     with services.Session.begin() as session:
-        session.add(ScheduleFire(schedule_id=schedule_id, scheduled_for=due, outcome="claimed",
-                                 scheduler_id="dead:1", updated_at=due))
+        session.add(
+            ScheduleFire(
+                schedule_id=schedule_id,
+                scheduled_for=due,
+                outcome="claimed",
+                scheduler_id="dead:1",
+                updated_at=due,
+            )
+        )
 
 
-@pytest.mark.parametrize(("grace", "submitted_before", "outcome", "count"), [
-    (300, False, "submitted", 1),  # died before submitting, still in time: submitted now
-    (300, True, "submitted", 1),  # died after submitting: the execution is found, not re-run
-    (10, False, "missed", 0),  # died, and it is too late now
-])
+@pytest.mark.parametrize(
+    ("grace", "submitted_before", "outcome", "count"),
+    [
+        (300, False, "submitted", 1),  # died before submitting, still in time: submitted now
+        (300, True, "submitted", 1),  # died after submitting: the execution is found, not re-run
+        (10, False, "missed", 0),  # died, and it is too late now
+    ],
+)
 def test_a_claim_left_by_a_dead_scheduler_is_settled_without_a_duplicate(
-        services, make_agent, grace, submitted_before, outcome, count):
+    services, make_agent, grace, submitted_before, outcome, count
+):
     make_agent("demo")
     due = utcnow().replace(microsecond=0) - timedelta(seconds=40)
     schedule_id = make_schedule(services, misfire_grace_seconds=grace)
     _claimed(services, schedule_id, due)
     if submitted_before:
-        submit_execution(services, "demo", "hello", triggered_by=Trigger.schedule,
-                         schedule_id=schedule_id, scheduled_for=due)
+        submit_execution(
+            services,
+            "demo",
+            "hello",
+            triggered_by=Trigger.schedule,
+            schedule_id=schedule_id,
+            scheduled_for=due,
+        )
     assert recover_stale_claims(services, utcnow(), "rescuer") == 1
     assert recover_stale_claims(services, utcnow(), "rescuer") == 0
     [record] = history(services, schedule_id)
@@ -220,7 +277,8 @@ def test_a_claim_left_by_a_dead_scheduler_is_settled_without_a_duplicate(
 
 
 def test_a_row_held_by_another_transaction_is_reported_locked_and_fired_once_released(
-        services, make_agent):
+    services, make_agent
+):
     from scheduler import fire_batch
 
     make_agent("demo")

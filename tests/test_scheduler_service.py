@@ -33,10 +33,13 @@ def logs(processes: Any) -> str:
 
 
 def test_two_schedulers_fire_every_due_time_exactly_once(
-        client, services, make_agent, processes, seconds_env):
+    client, services, make_agent, processes, seconds_env
+):
     make_agent("demo", queue_limit=1000)
-    schedule_id = client.post("/api/agents/demo/schedules", json={
-        "cron": "*/2 * * * * *", "message": "tick", "overlap": "allow"}).json["id"]
+    schedule_id = client.post(
+        "/api/agents/demo/schedules",
+        json={"cron": "*/2 * * * * *", "message": "tick", "overlap": "allow"},
+    ).json["id"]
     pair = [start_scheduler(processes, seconds_env) for _ in range(2)]
     wait_for(lambda: len(runs(services, schedule_id)) >= 6, 40, 0.1, "six fires")
     due = [r.scheduled_for for r in runs(services, schedule_id)][:6]
@@ -51,11 +54,14 @@ def test_two_schedulers_fire_every_due_time_exactly_once(
 
 
 def test_creations_edits_pauses_and_deletions_are_picked_up_without_a_restart(
-        client, services, make_agent, processes, seconds_env):
+    client, services, make_agent, processes, seconds_env
+):
     make_agent("demo", queue_limit=1000)
     start_scheduler(processes, seconds_env)
-    schedule_id = client.post("/api/agents/demo/schedules", json={
-        "cron": "0 0 1 1 *", "message": "rare", "overlap": "allow"}).json["id"]
+    schedule_id = client.post(
+        "/api/agents/demo/schedules",
+        json={"cron": "0 0 1 1 *", "message": "rare", "overlap": "allow"},
+    ).json["id"]
     wait_for(lambda: f"schedule {schedule_id} loaded" in logs(processes), 10, 0.1, "loaded")
 
     edited = utcnow()
@@ -71,28 +77,41 @@ def test_creations_edits_pauses_and_deletions_are_picked_up_without_a_restart(
 
     resumed = utcnow()
     client.patch(f"/api/schedules/{schedule_id}", json={"enabled": True})
-    again = wait_for(lambda: [r for r in runs(services, schedule_id) if r.scheduled_for > resumed],
-                     10, 0.05, "a fire after resuming")[0]
+    again = wait_for(
+        lambda: [r for r in runs(services, schedule_id) if r.scheduled_for > resumed],
+        10,
+        0.05,
+        "a fire after resuming",
+    )[0]
     assert (again.created_at - resumed).total_seconds() < PICKUP_SECONDS + 1
 
     deleted = utcnow()
     assert client.delete(f"/api/schedules/{schedule_id}").status_code == 204
     wait_for(lambda: logs(processes).count(dropped) == 2, PICKUP_SECONDS + 1, 0.05, "delete seen")
     with services.Session() as session:
-        late = session.scalars(select(Execution).where(Execution.schedule_id == schedule_id,
-                                                       Execution.scheduled_for > deleted)).all()
+        late = session.scalars(
+            select(Execution).where(
+                Execution.schedule_id == schedule_id, Execution.scheduled_for > deleted
+            )
+        ).all()
     assert late == []
 
 
 def test_on_start_a_missed_schedule_fires_once_within_the_grace_and_never_beyond_it(
-        services, make_agent, processes, seconds_env):
+    services, make_agent, processes, seconds_env
+):
     make_agent("demo")
     minute = utcnow().replace(second=0, microsecond=0)
-    recent = make_schedule(services, cron="* * * * *", next_run_at=minute - timedelta(minutes=10),
-                           misfire_grace_seconds=300)
+    recent = make_schedule(
+        services,
+        cron="* * * * *",
+        next_run_at=minute - timedelta(minutes=10),
+        misfire_grace_seconds=300,
+    )
     new_year = datetime(utcnow().year, 1, 1, tzinfo=UTC)
-    stale = make_schedule(services, cron="0 0 1 1 *", next_run_at=new_year,
-                          misfire_grace_seconds=300)
+    stale = make_schedule(
+        services, cron="0 0 1 1 *", next_run_at=new_year, misfire_grace_seconds=300
+    )
     start_scheduler(processes, seconds_env)
     wait_for(lambda: runs(services, recent) and history(services, stale), 15, 0.05, "catch-up")
     started = utcnow()

@@ -28,12 +28,14 @@ def test_a_schedule_is_created_listed_read_changed_and_deleted(client, services,
     assert body["next_run_at"].endswith("Z") and body["last_run_at"] is None
     schedule_id = body["id"]
     assert [s["id"] for s in client.get("/api/agents/demo/schedules").json["items"]] == [
-        schedule_id]
+        schedule_id
+    ]
     assert [s["id"] for s in client.get("/api/schedules").json["items"]] == [schedule_id]
     one = client.get(f"/api/schedules/{schedule_id}").json
     assert one["history"] == [] and one["next_run_at"] == body["next_run_at"]
-    changed = client.patch(f"/api/schedules/{schedule_id}",
-                           json={"cron": "@hourly", "overlap": "queue", "model": None})
+    changed = client.patch(
+        f"/api/schedules/{schedule_id}", json={"cron": "@hourly", "overlap": "queue", "model": None}
+    )
     assert changed.status_code == 200, changed.json
     assert changed.json["cron"] == "@hourly" and changed.json["model"] is None
     assert parse_iso(changed.json["next_run_at"]).minute == 0
@@ -54,32 +56,38 @@ def test_pausing_clears_next_run_at_and_resuming_restores_it(client, make_agent)
 def test_next_run_at_falls_on_the_weekday_asked_for_by_number_or_name(client, make_agent, tz):
     make_agent("demo")
     for dow, weekday in WEEKDAYS.items():
-        resp = client.post("/api/agents/demo/schedules",
-                           json={"cron": f"45 23 * * {dow}", "timezone": tz, "message": "x"})
+        resp = client.post(
+            "/api/agents/demo/schedules",
+            json={"cron": f"45 23 * * {dow}", "timezone": tz, "message": "x"},
+        )
         assert resp.status_code == 201, resp.json
         local = parse_iso(resp.json["next_run_at"]).astimezone(zone(tz))
         assert (local.weekday(), local.hour, local.minute) == (weekday, 23, 45), dow
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({**GOOD, "cron": "0 9 * * 8"}, "cron"),
-    ({**GOOD, "cron": "61 * * * *"}, "cron"),
-    ({**GOOD, "cron": "0 9 * *"}, "cron"),
-    ({**GOOD, "cron": "@reboot"}, "cron"),
-    ({**GOOD, "cron": "0 0 31 2 *"}, "cron"),
-    ({**GOOD, "cron": ""}, "cron"),
-    ({**GOOD, "timezone": "Mars/Olympus"}, "timezone"),
-    ({**GOOD, "timezone": "+02:00"}, "timezone"),
-    ({**GOOD, "overlap": "sometimes"}, "overlap"),
-    ({**GOOD, "misfire_grace_seconds": -1}, "misfire_grace_seconds"),
-    ({**GOOD, "message": ""}, "message"),
-    ({**GOOD, "model": "--dangerously-skip-permissions"}, "model"),
-    ({**GOOD, "colour": "blue"}, "colour"),
-    ({"cron": "@daily"}, "message"),
-    ({"message": "no cron"}, "cron"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**GOOD, "cron": "0 9 * * 8"}, "cron"),
+        ({**GOOD, "cron": "61 * * * *"}, "cron"),
+        ({**GOOD, "cron": "0 9 * *"}, "cron"),
+        ({**GOOD, "cron": "@reboot"}, "cron"),
+        ({**GOOD, "cron": "0 0 31 2 *"}, "cron"),
+        ({**GOOD, "cron": ""}, "cron"),
+        ({**GOOD, "timezone": "Mars/Olympus"}, "timezone"),
+        ({**GOOD, "timezone": "+02:00"}, "timezone"),
+        ({**GOOD, "overlap": "sometimes"}, "overlap"),
+        ({**GOOD, "misfire_grace_seconds": -1}, "misfire_grace_seconds"),
+        ({**GOOD, "message": ""}, "message"),
+        ({**GOOD, "model": "--dangerously-skip-permissions"}, "model"),
+        ({**GOOD, "colour": "blue"}, "colour"),
+        ({"cron": "@daily"}, "message"),
+        ({"message": "no cron"}, "cron"),
+    ],
+)
 def test_a_bad_schedule_is_refused_naming_the_field_and_nothing_is_stored(
-        client, services, make_agent, body, field):
+    client, services, make_agent, body, field
+):
     make_agent("demo")
     resp = client.post("/api/agents/demo/schedules", json=body)
     assert resp.status_code == 422, resp.json
@@ -87,12 +95,19 @@ def test_a_bad_schedule_is_refused_naming_the_field_and_nothing_is_stored(
     assert _count(services) == 0
 
 
-@pytest.mark.parametrize(("patch", "field"), [
-    ({"cron": "* * * * 9"}, "cron"), ({"timezone": "Nowhere"}, "timezone"),
-    ({"overlap": "never"}, "overlap"), ({"enabled": None}, "enabled"), ({"message": ""}, "message"),
-])
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"cron": "* * * * 9"}, "cron"),
+        ({"timezone": "Nowhere"}, "timezone"),
+        ({"overlap": "never"}, "overlap"),
+        ({"enabled": None}, "enabled"),
+        ({"message": ""}, "message"),
+    ],
+)
 def test_a_bad_change_is_refused_naming_the_field_and_changes_nothing(
-        client, make_agent, patch, field):
+    client, make_agent, patch, field
+):
     make_agent("demo")
     before = client.post("/api/agents/demo/schedules", json=GOOD).json
     resp = client.patch(f"/api/schedules/{before['id']}", json=patch)
@@ -107,13 +122,18 @@ def test_a_schedule_for_an_unknown_agent_is_404(client, services):
     assert _count(services) == 0
 
 
-def test_make_repeatable_copies_the_message_and_model_of_an_execution(
-        client, services, make_agent):
+def test_make_repeatable_copies_the_message_and_model_of_an_execution(client, services, make_agent):
     make_agent("demo")
     source = submit_execution(services, "demo", "summarise the news", model="claude-x").execution
-    resp = client.post("/api/agents/demo/schedules", json={
-        "from_execution_id": source.id, "cron": "0 8 * * *", "timezone": "America/New_York",
-        "name": "morning news"})
+    resp = client.post(
+        "/api/agents/demo/schedules",
+        json={
+            "from_execution_id": source.id,
+            "cron": "0 8 * * *",
+            "timezone": "America/New_York",
+            "name": "morning news",
+        },
+    )
     assert resp.status_code == 201, resp.json
     body = resp.json
     assert (body["message"], body["model"]) == ("summarise the news", "claude-x")
@@ -123,13 +143,15 @@ def test_make_repeatable_copies_the_message_and_model_of_an_execution(
 
 @pytest.mark.parametrize("which", ["unknown", "foreign"])
 def test_make_repeatable_refuses_an_unknown_or_another_agents_execution(
-        client, services, make_agent, which):
+    client, services, make_agent, which
+):
     make_agent("demo")
     make_agent("other")
     foreign = submit_execution(services, "other", "not yours").execution.id
     execution_id = foreign if which == "foreign" else "nope"
-    resp = client.post("/api/agents/demo/schedules",
-                       json={"from_execution_id": execution_id, "cron": "@daily"})
+    resp = client.post(
+        "/api/agents/demo/schedules", json={"from_execution_id": execution_id, "cron": "@daily"}
+    )
     assert resp.status_code == 422 and resp.json["error"]["field"] == "from_execution_id"
     assert _count(services) == 0
 
@@ -154,15 +176,18 @@ def test_openapi_documents_the_schedule_bodies(client):
     spec = client.get("/openapi.json").json
     post = spec["paths"]["/api/agents/{name}/schedules"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
-        "ScheduleCreate")
+        "ScheduleCreate"
+    )
     fields = spec["components"]["schemas"]["ScheduleCreate"]["properties"]
     assert {"cron", "timezone", "overlap", "misfire_grace_seconds", "from_execution_id"} <= set(
-        fields)
+        fields
+    )
     assert "patch" in spec["paths"]["/api/schedules/{schedule_id}"]
 
 
 def test_the_cli_adds_lists_pauses_resumes_and_removes_schedules(
-        api_url, admin_key, settings, make_agent):
+    api_url, admin_key, settings, make_agent
+):
     import subprocess
     import sys
 
@@ -172,8 +197,13 @@ def test_the_cli_adds_lists_pauses_resumes_and_removes_schedules(
     env = {**worker_env(settings), "AGX_URL": api_url, "AGX_API_KEY": admin_key}
 
     def agx(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "agx", "schedules", *args], env=env,
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [sys.executable, "-m", "agx", "schedules", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -186,6 +216,11 @@ def test_the_cli_adds_lists_pauses_resumes_and_removes_schedules(
     assert '"history": []' in agx("show", schedule_id)
     agx("rm", schedule_id)
     assert schedule_id not in agx("ls")
-    bad = subprocess.run([sys.executable, "-m", "agx", "schedules", "add", "demo", "0 9 * * 8",
-                          "x"], env=env, capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "agx", "schedules", "add", "demo", "0 9 * * 8", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode != 0 and "cron" in bad.stderr
