@@ -15,11 +15,13 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         # Several processes may start at once (agx up, replicas): one migrates at a time.
         connection.exec_driver_sql("SELECT pg_advisory_lock(727274)")
+        connection.commit()  # the lock is the session's; the migrations get their own transaction
         try:
             context.configure(connection=connection, target_metadata=target_metadata)
             with context.begin_transaction():
                 context.run_migrations()
         finally:
+            connection.rollback()  # after a failed migration: lets the unlock run, keeps its error
             connection.exec_driver_sql("SELECT pg_advisory_unlock(727274)")
             connection.commit()
 
