@@ -13,8 +13,8 @@ same number of subscribers, same client code:
   there before the first line. Path: agent stdout -> worker (runner, EventWriter, emit.lua:
   XADD + PUBLISH) -> API hub (one PSUBSCRIBE per process) -> per-client thread -> websocket.
 * **bare** (`bench/stream_peer.py`): a publisher process runs the same agent, cuts its
-  stdout into lines and PUBLISHes them with EventWriter's batching (<= 500 per message,
-  same event JSON, no stream); a relay process SUBSCRIBEs with redis-py and forwards each
+  stdout into lines and PUBLISHes them as soon as it can (<= 500 per message, same event
+  JSON, no stream); a relay process SUBSCRIBEs with redis-py and forwards each
   event as one websocket message to every client (a batch framed once, one sendall per
   client).
 

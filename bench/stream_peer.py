@@ -12,9 +12,10 @@ No agx code. Two commands, each its own process (as agx's worker and API are):
   in the Redis key ``<channel>:clients`` so the bench knows when all are there.
 * ``publish --redis-url URL --channel C --argv JSON --message TEXT``: runs the agent
   program (the same argv and stdin as the agx side), reads its stdout in 64 KiB chunks,
-  cuts lines and PUBLISHes them in batches with the policy of agx's ``EventWriter``: a
-  background sender wakes on the first pending event and takes everything pending, at most
-  500 events per PUBLISH. Events are numbered like agx's: 1 = running, one per line, then
+  cuts lines and PUBLISHes them in batches as soon as it can: a background sender wakes on
+  the first pending event and takes everything pending, at most 500 events per PUBLISH
+  (agx's ``EventWriter`` lets a batch linger up to 100 ms to share round trips). Events
+  are numbered like agx's: 1 = running, one per line, then
   the terminal status. No stream, no transcript, no redaction.
 """
 
@@ -147,7 +148,7 @@ def relay_main(args: argparse.Namespace) -> None:
 
 
 class Publisher:
-    """EventWriter's batching (wake on the first pending event, <= 500 per send), PUBLISH only."""
+    """Send as soon as possible (wake on the first pending event, <= 500 per send), PUBLISH only."""
 
     def __init__(self, client: redis.Redis, channel: str):
         self.client, self.channel = client, channel

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 STREAM_MAXLEN = 200_000  #: events kept per execution stream (approximate trim)
 STREAM_TTL_SECONDS = 3600  #: a finished execution's stream expires this long after its end
 MAX_BATCH = 500  #: events per Redis round trip (and per live message)
-LINGER_SECONDS = 0.025  #: longest an event waits for others to share its round trip
+LINGER_SECONDS = 0.1  #: longest an event waits for others to share its round trip
 _EMIT = (Path(__file__).parent / "lua" / "emit.lua").read_text()
 
 
