@@ -1,7 +1,7 @@
 """The cron service: standard cron in IANA zones, one fire per due time, submits only."""
 
 from scheduler.cron import TEST_SECONDS_ENV, Cron, CronError, parse, test_seconds_enabled
-from scheduler.fire import fire_batch, fire_due
+from scheduler.fire import fire_batch, fire_due, release_waiting
 from scheduler.records import FireOutcome, Overlap
 from scheduler.recovery import recover_stale_claims
 from scheduler.service import SchedulerService
@@ -20,6 +20,7 @@ __all__ = [
     "fire_due",
     "parse",
     "recover_stale_claims",
+    "release_waiting",
     "test_seconds_enabled",
     "zone",
 ]

@@ -20,15 +20,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from producer import submit_execution
-from scheduler.plan import Plan, overlap_reason, plan
+from scheduler.plan import Plan, overlap_decision, plan
 from scheduler.records import (
     FireOutcome,
     Overlap,
     Record,
+    claim_waiting,
     existing,
     finish,
     in_flight,
     lock_schedules,
+    ready_to_release,
     record,
     relax_durability,
     set_last_run,
@@ -117,12 +119,8 @@ def _claim(session: Session, plans: list[Plan], scheduler_id: str, fired: Fired)
     for p in plans:
         records = list(p.missed)
         if p.due is not None:
-            reason = overlap_reason(p.schedule.overlap, busy.get(p.schedule.id, []))
-            records.append(
-                Record(p.due, FireOutcome.skipped, reason)
-                if reason
-                else Record(p.due, FireOutcome.claimed)
-            )
+            held = overlap_decision(p.schedule.overlap, busy.get(p.schedule.id, []))
+            records.append(Record(p.due, *held) if held else Record(p.due, FireOutcome.claimed))
         per_plan.append((p, records))
     inserted = record(session, scheduler_id, [(p.schedule.id, r) for p, rs in per_plan for r in rs])
     claims = []
@@ -154,6 +152,48 @@ def _claim(session: Session, plans: list[Plan], scheduler_id: str, fired: Fired)
                 last.reason,
             )
     return claims
+
+
+def release_waiting(services: Services, scheduler_id: str, limit: int = 100) -> int:
+    """Submit fires held back by overlap `queue` whose schedule's previous run has ended.
+
+    Under the schedule's row lock (as `fire_batch` holds it while deciding), a waiting fire
+    becomes this scheduler's claim and is submitted like any other; several schedulers may
+    run this at once. A fire of a schedule paused meanwhile is recorded skipped. Returns how
+    many fires were settled.
+    """
+    with services.Session.begin() as session:
+        relax_durability(session)
+        candidates = ready_to_release(session, limit)
+        if not candidates:
+            return 0
+        rows = lock_schedules(session, sorted({s for _, s, _ in candidates}), skip_locked=True)
+        schedules = {row.id: row for row in rows}
+        ready = ready_to_release(session, limit, list(schedules))  # again, under the locks
+        claim_waiting(session, [fire_id for fire_id, _, _ in ready], scheduler_id)
+    claims = [
+        Claim(
+            fire_id,
+            schedule_id,
+            schedules[schedule_id].agent_name,
+            schedules[schedule_id].message,
+            schedules[schedule_id].model,
+            due,
+        )
+        for fire_id, schedule_id, due in ready
+    ]
+    settled = [
+        s
+        for s in (
+            submit_claim(services, c)
+            if schedules[c.schedule_id].enabled
+            else Settled(c, FireOutcome.skipped, "the schedule was paused while the fire waited")
+            for c in claims
+        )
+        if s is not None
+    ]
+    settle(services, settled)
+    return len(settled)
 
 
 def submit_claim(services: Services, claim: Claim) -> Settled | None:

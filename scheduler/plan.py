@@ -76,22 +76,34 @@ def _missed(times: FireTimes, start: datetime, due: datetime) -> list[Record]:
     return [Record(when, FireOutcome.missed, reason) for when in reversed(found)]
 
 
-def overlap_reason(overlap: str, busy: Sequence[tuple[str, str]]) -> str | None:
-    """Why the overlap policy holds a fire back, or None to submit it.
+def overlap_decision(
+    overlap: str, busy: Sequence[tuple[str, str]]
+) -> tuple[FireOutcome, str] | None:
+    """What the overlap policy makes of a fire (outcome, reason), or None to submit it now.
 
     `busy` holds (id, status) of this schedule's executions still pending or running, and
-    (fire id, "claimed") of its fires still being submitted.
+    (fire id, "claimed" | "waiting") of its fires being submitted or held back.
     """
     if overlap == Overlap.allow or not busy:
         return None
-    running = [i for i, s in busy if s == ExecutionStatus.running.value]
-    waiting = [i for i, s in busy if s == ExecutionStatus.pending.value]
-    if overlap == Overlap.skip:
-        if running or waiting:
-            which, status = (running[0], "running") if running else (waiting[0], "pending")
-            return f"previous run {which} is still {status} (overlap: skip)"
-        return "the previous fire is still being submitted (overlap: skip)"
-    if waiting or len(running) < len(busy):
-        what = f"run {waiting[0]}" if waiting else "a fire"
-        return f"{what} of this schedule is already waiting (overlap: queue keeps one)"
-    return None
+    by_status: dict[str, list[str]] = {}
+    for item, status in busy:
+        by_status.setdefault(status, []).append(item)
+    waiting = by_status.get(FireOutcome.waiting.value)
+    if overlap == Overlap.queue and waiting:
+        return (
+            FireOutcome.skipped,
+            f"fire {waiting[0]} of this schedule is already waiting (overlap: queue keeps one)",
+        )
+    for status, what in (
+        (ExecutionStatus.running.value, "previous run {} is still running"),
+        (ExecutionStatus.pending.value, "previous run {} is still pending"),
+        (FireOutcome.claimed.value, "the previous fire ({}) is still being submitted"),
+        (FireOutcome.waiting.value, "fire {} of this schedule is waiting"),
+    ):
+        if status in by_status:
+            busy_with = what.format(by_status[status][0])
+            break
+    if overlap == Overlap.queue:
+        return FireOutcome.waiting, f"{busy_with}; waits for it to end (overlap: queue)"
+    return FireOutcome.skipped, f"{busy_with} (overlap: skip)"

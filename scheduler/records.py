@@ -24,6 +24,7 @@ class FireOutcome(StrEnum):
     """What became of one due time of a schedule."""
 
     claimed = "claimed"  # a scheduler took it and is submitting (or died doing so)
+    waiting = "waiting"  # overlap `queue`: submitted once the schedule's previous run ends
     submitted = "submitted"
     skipped = "skipped"  # overlap policy or queue_limit: nothing submitted, reason says why
     missed = "missed"  # no scheduler fired it within misfire_grace_seconds
@@ -87,7 +88,8 @@ def existing(session: Session, ids: Sequence[str]) -> set[str]:
 
 
 def in_flight(session: Session, ids: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
-    """Per schedule: (id, status) of its pending/running runs and (id, "claimed") of its claims."""
+    """Per schedule: (id, status) of its pending/running runs, and (fire id, outcome) of its
+    fires being submitted ("claimed") or held back by overlap `queue` ("waiting")."""
     e, f = Execution.metadata.tables["executions"], _FIRES
     rows = session.execute(
         union_all(
@@ -95,7 +97,8 @@ def in_flight(session: Session, ids: Sequence[str]) -> dict[str, list[tuple[str,
                 e.c.schedule_id.in_(ids), e.c.status.in_(_IN_FLIGHT)
             ),
             select(f.c.schedule_id, cast(f.c.id, String), f.c.outcome).where(
-                f.c.schedule_id.in_(ids), f.c.outcome == FireOutcome.claimed.value
+                f.c.schedule_id.in_(ids),
+                f.c.outcome.in_((FireOutcome.claimed.value, FireOutcome.waiting.value)),
             ),
         )
     )
@@ -134,6 +137,44 @@ def record(
         stmt.returning(_FIRES.c.schedule_id, _FIRES.c.scheduled_for, _FIRES.c.id)
     )
     return {(schedule_id, when): fire_id for schedule_id, when, fire_id in rows}
+
+
+def ready_to_release(
+    session: Session, limit: int, schedule_ids: Sequence[str] | None = None
+) -> list[tuple[int, str, datetime]]:
+    """(fire id, schedule id, due time) of waiting fires whose schedule has nothing in flight:
+    no pending or running execution, no fire being submitted. Oldest first."""
+    e, f = Execution.metadata.tables["executions"], _FIRES
+    busy_run = select(e.c.id).where(e.c.schedule_id == f.c.schedule_id, e.c.status.in_(_IN_FLIGHT))
+    other = _FIRES.alias("other")
+    busy_claim = select(other.c.id).where(
+        other.c.schedule_id == f.c.schedule_id, other.c.outcome == FireOutcome.claimed.value
+    )
+    query = (
+        select(f.c.id, f.c.schedule_id, f.c.scheduled_for)
+        .where(
+            f.c.outcome == FireOutcome.waiting.value,
+            ~busy_run.exists(),
+            ~busy_claim.exists(),
+        )
+        .order_by(f.c.scheduled_for)
+        .limit(limit)
+    )
+    if schedule_ids is not None:
+        query = query.where(f.c.schedule_id.in_(schedule_ids))
+    return [(fire_id, schedule_id, due) for fire_id, schedule_id, due in session.execute(query)]
+
+
+def claim_waiting(session: Session, fire_ids: Sequence[int], scheduler_id: str) -> None:
+    """Turn waiting fires into claims of this scheduler (then submitted like any claim)."""
+    if not fire_ids:
+        return
+    f = _FIRES
+    session.execute(
+        update(f)
+        .where(f.c.id.in_(fire_ids), f.c.outcome == FireOutcome.waiting.value)
+        .values(outcome=FireOutcome.claimed.value, scheduler_id=scheduler_id, updated_at=utcnow())
+    )
 
 
 def finish(
@@ -211,7 +252,8 @@ def prune(session: Session, keep_days: float) -> int:
     cutoff = utcnow() - timedelta(days=keep_days)
     result = session.execute(
         delete(ScheduleFire).where(
-            ScheduleFire.updated_at < cutoff, ScheduleFire.outcome != FireOutcome.claimed.value
+            ScheduleFire.updated_at < cutoff,
+            ScheduleFire.outcome.not_in((FireOutcome.claimed.value, FireOutcome.waiting.value)),
         )
     )
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -25,7 +25,7 @@ from apscheduler.triggers.base import BaseTrigger
 from sqlalchemy import select
 
 from scheduler.dueset import DueSet
-from scheduler.fire import fire_batch
+from scheduler.fire import fire_batch, release_waiting
 from scheduler.records import prune
 from scheduler.recovery import recover_stale_claims
 from scheduler.timing import FireTimes
@@ -117,8 +117,9 @@ class SchedulerService:
             log.info("scheduler %s stopped", self.scheduler_id)
 
     def tick(self) -> None:
-        """One round of housekeeping: sync jobs, settle stale claims, prune old history."""
-        for step in (self.sync, self._recover, self._prune):
+        """One round of housekeeping: sync jobs, settle stale claims, submit queued fires whose
+        previous run has ended, prune old history."""
+        for step in (self.sync, self._recover, self._release, self._prune):
             try:
                 step()
             except Exception:  # database away: keep the jobs we have, try again next round
@@ -246,6 +247,9 @@ class SchedulerService:
 
     def _recover(self) -> None:
         recover_stale_claims(self.services, self.clock(), self.scheduler_id)
+
+    def _release(self) -> None:
+        release_waiting(self.services, self.scheduler_id)
 
     def _prune(self) -> None:
         if time.monotonic() - self._last_prune < PRUNE_EVERY_SECONDS:

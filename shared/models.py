@@ -230,7 +230,7 @@ class ScheduleFire(Base):
     __tablename__ = "schedule_fires"
     __table_args__ = (
         CheckConstraint(
-            "outcome IN ('claimed','submitted','skipped','missed','failed')",
+            "outcome IN ('claimed','waiting','submitted','skipped','missed','failed')",
             name="fire_outcome_valid",
         ),
         UniqueConstraint("schedule_id", "scheduled_for", name="one_record_per_due_time"),
@@ -239,7 +239,7 @@ class ScheduleFire(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     schedule_id: Mapped[str] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
     scheduled_for: Mapped[datetime] = mapped_column()
-    #: claimed (being submitted) | submitted | skipped | missed | failed
+    #: claimed (being submitted) | waiting (overlap: queue) | submitted | skipped | missed | failed
     outcome: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     execution_id: Mapped[str | None] = mapped_column(String(32))
@@ -253,4 +253,10 @@ Index(
     "ix_schedule_fires_claimed",
     ScheduleFire.updated_at,
     postgresql_where=ScheduleFire.outcome == "claimed",
+)
+# Fires held back by overlap `queue` until their schedule's previous run ends.
+Index(
+    "ix_schedule_fires_waiting",
+    ScheduleFire.schedule_id,
+    postgresql_where=ScheduleFire.outcome == "waiting",
 )

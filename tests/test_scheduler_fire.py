@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select, update
 
 from producer import submit_execution
-from scheduler import FireOutcome, fire_due, recover_stale_claims, zone
+from scheduler import FireOutcome, fire_due, recover_stale_claims, release_waiting, zone
 from shared.errors import AlreadyFired
 from shared.models import Execution, Schedule, ScheduleFire, utcnow
 from shared.states import Trigger
@@ -127,9 +127,19 @@ def test_overlap_skip_records_a_skipped_fire_while_the_previous_run_is_still_run
     assert shown[0]["execution_id"] == runs(services, schedule_id)[-1].id
 
 
-def test_overlap_queue_submits_behind_a_running_run_but_keeps_only_one_waiting(
-    services, make_agent
-):
+def _end_runs(services: Any, schedule_id: str, status: str = "completed") -> None:
+    """Finish the schedule's in-flight runs as a worker would (no worker needed here)."""
+    with services.Session.begin() as session:
+        session.execute(
+            update(Execution)
+            .where(
+                Execution.schedule_id == schedule_id, Execution.status.in_(("pending", "running"))
+            )
+            .values(status=status)
+        )
+
+
+def test_overlap_queue_holds_one_fire_until_the_previous_run_ends(services, make_agent, client):
     make_agent("demo")
     schedule_id = make_schedule(services, overlap="queue")
     assert fire(services, schedule_id, T0 + timedelta(seconds=1)) is FireOutcome.submitted
@@ -137,10 +147,65 @@ def test_overlap_queue_submits_behind_a_running_run_but_keeps_only_one_waiting(
         session.execute(
             update(Execution).where(Execution.schedule_id == schedule_id).values(status="running")
         )
-    assert fire(services, schedule_id, T0 + timedelta(minutes=1)) is FireOutcome.submitted
+    first = runs(services, schedule_id)[0].id
+    assert fire(services, schedule_id, T0 + timedelta(minutes=1)) is FireOutcome.waiting
     assert fire(services, schedule_id, T0 + timedelta(minutes=2)) is FireOutcome.skipped
-    assert [r.status for r in runs(services, schedule_id)] == ["running", "pending"]
-    assert "already waiting" in history(services, schedule_id)[-1].reason
+    assert [r.status for r in runs(services, schedule_id)] == ["running"], "nothing runs beside it"
+    records = history(services, schedule_id)
+    assert [r.outcome for r in records] == ["submitted", "waiting", "skipped"]
+    assert first in records[1].reason and "overlap: queue" in records[1].reason
+    assert "already waiting" in records[2].reason
+    assert release_waiting(services, "test-scheduler") == 0, "the previous run still runs"
+    _end_runs(services, schedule_id)
+    assert release_waiting(services, "test-scheduler") == 1
+    assert release_waiting(services, "test-scheduler") == 0
+    second = runs(services, schedule_id)[1]
+    assert second.scheduled_for == T0 + timedelta(minutes=1) and second.status == "pending"
+    records = history(services, schedule_id)
+    assert records[1].outcome == "submitted" and records[1].execution_id == second.id
+    shown = client.get(f"/api/schedules/{schedule_id}").json["history"]
+    assert [h["outcome"] for h in shown] == ["skipped", "submitted", "submitted"]
+    # The released run is in flight now: the next fire waits behind it in turn.
+    assert fire(services, schedule_id, T0 + timedelta(minutes=3)) is FireOutcome.waiting
+
+
+def test_a_queued_fire_is_released_once_by_racing_schedulers(services, make_agent):
+    make_agent("demo")
+    schedule_id = make_schedule(services, overlap="queue")
+    fire(services, schedule_id, T0 + timedelta(seconds=1))
+    assert fire(services, schedule_id, T0 + timedelta(minutes=1)) is FireOutcome.waiting
+    _end_runs(services, schedule_id)
+    barrier = threading.Barrier(4)
+    released: list[int] = []
+
+    def race(i: int) -> None:
+        barrier.wait()
+        released.append(release_waiting(services, f"scheduler-{i}"))
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(released) == 1
+    assert [r.scheduled_for for r in runs(services, schedule_id)] == [
+        T0,
+        T0 + timedelta(minutes=1),
+    ]
+
+
+def test_a_queued_fire_of_a_paused_schedule_is_dropped_as_skipped(services, make_agent):
+    make_agent("demo")
+    schedule_id = make_schedule(services, overlap="queue")
+    fire(services, schedule_id, T0 + timedelta(seconds=1))
+    assert fire(services, schedule_id, T0 + timedelta(minutes=1)) is FireOutcome.waiting
+    with services.Session.begin() as session:
+        session.execute(update(Schedule).where(Schedule.id == schedule_id).values(enabled=False))
+    _end_runs(services, schedule_id, "failed")
+    assert release_waiting(services, "test-scheduler") == 1
+    assert len(runs(services, schedule_id)) == 1
+    last = history(services, schedule_id)[-1]
+    assert last.outcome == "skipped" and "paused" in last.reason
 
 
 def test_overlap_allow_submits_every_fire(services, make_agent):

@@ -146,3 +146,31 @@ def test_the_due_set_hands_out_each_id_once_in_batches_and_ends_when_closed():
     due.add("last")
     due.close()
     assert due.take(50) == ["last"] and due.take(50) is None
+
+
+def test_overlap_queue_runs_one_after_another_end_to_end(
+    client, services, make_agent, processes, seconds_env
+):
+    """A run takes 3 s, the schedule fires every second: with `queue` the runs never overlap
+    (even though the agent has free slots), each queued fire starts after the previous run
+    ended, and the fires in between are skipped."""
+    make_agent("demo", max_parallel_tasks=3)
+    processes.workers(threads=3)
+    start_scheduler(processes, seconds_env)
+    schedule_id = client.post(
+        "/api/agents/demo/schedules",
+        json={"cron": "* * * * * *", "message": "slow sleep=3", "overlap": "queue"},
+    ).json["id"]
+    wait_for(
+        lambda: len([r for r in runs(services, schedule_id) if r.status == "completed"]) >= 3,
+        60,
+        0.2,
+        "three runs completed",
+    )
+    done = sorted(
+        (r for r in runs(services, schedule_id) if r.completed_at), key=lambda r: r.started_at
+    )
+    for before, after in pairwise(done):
+        assert after.started_at >= before.completed_at, "queued runs overlapped"
+    outcomes = {r.outcome for r in history(services, schedule_id)}
+    assert {"submitted", "skipped"} <= outcomes, outcomes
