@@ -6,7 +6,10 @@ import logging
 import secrets
 from typing import Any
 
+import psycopg
+import redis
 from flask import Flask, jsonify
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 from api.hub import Hub
@@ -51,5 +54,37 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Any:
+        transient = _transient(exc)
+        if transient is not None:
+            log.warning("request failed, the client may retry: %s", exc)
+            code, message = transient
+            body = jsonify({"error": {"code": code, "message": message}})
+            return body, 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
         log.exception("unhandled error")
         return jsonify({"error": {"code": "internal", "message": "internal error"}}), 500
+
+
+RETRY_AFTER_SECONDS = 1
+_CONFLICTS = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.LockNotAvailable,
+)
+
+
+def _transient(exc: Exception) -> tuple[str, str] | None:
+    """(code, message) for a failure that a retry may cure, None for a bug.
+
+    Two transactions that deadlocked, or a database or Redis out of reach, are not the
+    client's fault and not a defect of the request either: 503 with Retry-After. Views
+    commit their work in one transaction, so such a failure has stored nothing, except a
+    `wait: true` submission that lost the database while waiting (its execution is listed).
+    """
+    cause = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
+    if isinstance(cause, _CONFLICTS):
+        return "busy", "a concurrent change conflicted with this request; retry it"
+    if isinstance(cause, psycopg.OperationalError) or isinstance(exc, sa_exc.OperationalError):
+        return "unavailable", "the database cannot be reached; retry shortly"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return "unavailable", "Redis cannot be reached; retry shortly"
+    return None

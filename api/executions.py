@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import redis
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, Select, and_, or_, select, tuple_
@@ -19,6 +21,8 @@ from shared.models import Execution, Transcript
 from shared.states import ExecutionStatus
 from shared.stopping import request_stop
 from shared.timefmt import parse_iso
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("executions", __name__, url_prefix="/api")
 
@@ -123,10 +127,15 @@ def _aware(value: datetime) -> datetime:
 
 
 def _positions(rows: list[Execution]) -> dict[str, int]:
-    """Live queue positions of the pending rows that wait for a slot."""
+    """Live queue positions of the pending rows that wait for a slot (none while Redis is
+    out of reach: the rows themselves come from PostgreSQL)."""
     waiting = [r for r in rows if r.status == ExecutionStatus.pending.value and r.queued_at]
     slots = services().slots
-    found = {r.id: slots.position(r.agent_name, r.id) for r in waiting}
+    try:
+        found = {r.id: slots.position(r.agent_name, r.id) for r in waiting}
+    except redis.RedisError:
+        log.warning("queue positions unavailable: Redis cannot be reached")
+        return {}
     return {k: v for k, v in found.items() if v is not None}
 
 
