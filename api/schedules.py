@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from flask import Blueprint, jsonify
@@ -10,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.context import principal, require_agent_visible, services
-from api.validation import json_body
+from api.validation import json_body, query_params
 from producer.submit import validate_message, validate_model
 from scheduler import CronError, FireTimes, ZoneError, parse, test_seconds_enabled, zone
 from scheduler.records import recent
@@ -21,6 +22,7 @@ from shared.timefmt import iso
 bp = Blueprint("schedules", __name__, url_prefix="/api")
 
 OverlapName = Literal["skip", "queue", "allow"]
+FireOutcomeName = Literal["claimed", "waiting", "submitted", "skipped", "missed", "failed"]
 MAX_GRACE_SECONDS = 7 * 24 * 3600  #: longest misfire_grace_seconds accepted
 HISTORY_LIMIT = 20  #: fires shown by GET /api/schedules/{id}
 _TIMING = ("cron", "timezone", "enabled")
@@ -113,20 +115,23 @@ def schedule_dict(schedule: Schedule, history: list[ScheduleFire] | None = None)
         links={
             "self": f"/api/schedules/{schedule.id}",
             "agent": f"/api/agents/{schedule.agent_name}",
+            "fires": f"/api/schedules/{schedule.id}/fires",
         },
     )
     if history is not None:
-        data["history"] = [
-            {
-                "scheduled_for": iso(f.scheduled_for),
-                "outcome": f.outcome,
-                "execution_id": f.execution_id,
-                "reason": f.reason,
-                "recorded_at": iso(f.updated_at),
-            }
-            for f in history
-        ]
+        data["history"] = [fire_dict(f) for f in history]
     return data
+
+
+def fire_dict(fire: ScheduleFire) -> dict[str, Any]:
+    """One due time of a schedule and what became of it."""
+    return {
+        "scheduled_for": iso(fire.scheduled_for),
+        "outcome": fire.outcome,
+        "execution_id": fire.execution_id,
+        "reason": fire.reason,
+        "recorded_at": iso(fire.updated_at),
+    }
 
 
 @bp.get("/schedules")
@@ -205,6 +210,34 @@ def get_schedule(schedule_id: str) -> Any:
     with services().Session() as session:
         schedule = _schedule(session, schedule_id)
         return jsonify(schedule_dict(schedule, recent(session, schedule_id, HISTORY_LIMIT)))
+
+
+class FiresQuery(BaseModel):
+    """Paging through a schedule's history, newest due time first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: FireOutcomeName | None = None
+    limit: int = Field(50, ge=1, le=200)
+    cursor: datetime | None = Field(
+        None, description="next_cursor of the previous page: fires due before this time"
+    )
+
+
+@bp.get("/schedules/<schedule_id>/fires")
+@query_params(FiresQuery)
+def list_fires(schedule_id: str, query: FiresQuery) -> Any:
+    """A schedule's whole history, a page at a time: `{items, next_cursor}`."""
+    with services().Session() as session:
+        _schedule(session, schedule_id)
+        fires = recent(session, schedule_id, query.limit + 1, query.cursor, query.outcome)
+    page, more = fires[: query.limit], len(fires) > query.limit
+    return jsonify(
+        {
+            "items": [fire_dict(f) for f in page],
+            "next_cursor": iso(page[-1].scheduled_for) if more else None,
+        }
+    )
 
 
 @bp.patch("/schedules/<schedule_id>")

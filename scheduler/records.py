@@ -235,16 +235,21 @@ def set_last_run(session: Session, ids: Sequence[str], when: datetime) -> None:
     )
 
 
-def recent(session: Session, schedule_id: str, limit: int = 20) -> list[ScheduleFire]:
-    """The latest records of a schedule, newest due time first."""
-    return list(
-        session.scalars(
-            select(ScheduleFire)
-            .where(ScheduleFire.schedule_id == schedule_id)
-            .order_by(ScheduleFire.scheduled_for.desc())
-            .limit(limit)
-        )
-    )
+def recent(
+    session: Session,
+    schedule_id: str,
+    limit: int = 20,
+    before: datetime | None = None,
+    outcome: str | None = None,
+) -> list[ScheduleFire]:
+    """Records of a schedule, newest due time first: the latest, or those due before
+    `before` (the paging cursor), optionally of one outcome only."""
+    query = select(ScheduleFire).where(ScheduleFire.schedule_id == schedule_id)
+    if before is not None:
+        query = query.where(ScheduleFire.scheduled_for < before)
+    if outcome is not None:
+        query = query.where(ScheduleFire.outcome == outcome)
+    return list(session.scalars(query.order_by(ScheduleFire.scheduled_for.desc()).limit(limit)))
 
 
 def prune(session: Session, keep_days: float) -> int:

@@ -224,3 +224,49 @@ def test_the_cli_adds_lists_pauses_resumes_and_removes_schedules(
         timeout=30,
     )
     assert bad.returncode != 0 and "cron" in bad.stderr
+
+
+def test_the_whole_history_pages_newest_first_with_a_cursor(client, services, make_agent):
+    from datetime import UTC, datetime, timedelta
+
+    from shared.models import ScheduleFire
+
+    make_agent("demo")
+    schedule_id = client.post(
+        "/api/agents/demo/schedules", json={"cron": "@hourly", "message": "m"}
+    ).json["id"]
+    start = datetime(2026, 3, 2, tzinfo=UTC)
+    outcomes = ["submitted", "skipped", "missed", "submitted", "waiting", "submitted", "failed"]
+    with services.Session.begin() as session:
+        for hour, outcome in enumerate(outcomes):
+            session.add(
+                ScheduleFire(
+                    schedule_id=schedule_id,
+                    scheduled_for=start + timedelta(hours=hour),
+                    outcome=outcome,
+                    reason=f"r{hour}",
+                )
+            )
+    url = f"/api/schedules/{schedule_id}/fires"
+    seen, cursor, pages = [], None, 0
+    while True:
+        resp = client.get(url, query_string={"limit": 3, **({"cursor": cursor} if cursor else {})})
+        assert resp.status_code == 200, resp.json
+        seen += resp.json["items"]
+        pages += 1
+        cursor = resp.json["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert [f["reason"] for f in seen] == [f"r{h}" for h in reversed(range(7))]
+    only = client.get(url, query_string={"outcome": "submitted"}).json["items"]
+    assert [f["reason"] for f in only] == ["r5", "r3", "r0"]
+    assert client.get(f"/api/schedules/{schedule_id}").json["links"]["fires"] == url
+    for bad, field in (
+        ({"cursor": "yesterday"}, "cursor"),
+        ({"limit": 0}, "limit"),
+        ({"outcome": "maybe"}, "outcome"),
+    ):
+        resp = client.get(url, query_string=bad)
+        assert resp.status_code == 422 and resp.json["error"]["field"] == field
+    assert client.get("/api/schedules/nope/fires").status_code == 404
