@@ -191,15 +191,20 @@ def admin_key(services: Services) -> str:
         return create_key(session, f"admin-{uuid.uuid4().hex[:6]}")
 
 
-@pytest.fixture
-def client(services: Services, admin_key: str) -> Any:
+def app_client(services: Services, key: str) -> Any:
+    """A Flask test client of a fresh API app on these services, sending this bearer key."""
     from api.app import create_app
 
     app = create_app(services=services)
     app.testing = True
     test_client = app.test_client()
-    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_key}"
+    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
     return test_client
+
+
+@pytest.fixture
+def client(services: Services, admin_key: str) -> Any:
+    return app_client(services, admin_key)
 
 
 def wait_for(

@@ -11,23 +11,15 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from agx.embedded import free_port
-from api.app import create_app
 from producer import submit_execution
 from shared.services import Services
-
-
-def _client(services: Services, key: str) -> Any:
-    app = create_app(services=services)
-    app.testing = True
-    client = app.test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
-    return client
+from tests.conftest import app_client
 
 
 def test_an_unreachable_database_answers_503_with_retry_after(settings, admin_key):
     url = make_url(settings.database_url).set(port=free_port(), host="127.0.0.1")
     away = Services(dataclasses.replace(settings, database_url=url.render_as_string(False)))
-    resp = _client(away, admin_key).get("/api/agents")
+    resp = app_client(away, admin_key).get("/api/agents")
     assert resp.status_code == 503, resp.json
     assert (
         resp.json["error"]["code"] == "unavailable" and "database" in resp.json["error"]["message"]
@@ -44,7 +36,7 @@ def test_a_list_still_answers_while_redis_is_away_only_without_queue_positions(
     waiting = submit_execution(services, "one", "second").execution.id
     away = Services(dataclasses.replace(settings, redis_url=private_redis.url))
     private_redis.stop()
-    resp = _client(away, admin_key).get("/api/executions?agent=one")
+    resp = app_client(away, admin_key).get("/api/executions?agent=one")
     assert resp.status_code == 200, resp.json
     assert waiting in [item["id"] for item in resp.json["items"]]
     away.close()
@@ -80,7 +72,7 @@ def deadlocking_client(services, admin_key, make_agent):
     make_agent("a")
     make_agent("b")
     error = _real_deadlock(services.engine.url.render_as_string(False).replace("+psycopg", ""))
-    client = _client(services, admin_key)
+    client = app_client(services, admin_key)
 
     @client.application.get("/test-deadlock")
     def deadlocked() -> Any:
