@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from sqlalchemy import text
+
 from producer import submit_execution
+from shared.db import driver_connection
 from shared.models import Execution
+from shared.services import Services
 from shared.states import ExecutionStatus
 from tests.conftest import statuses, wait_for
 from workers import lifecycle
+from workers.executor import Executor
 
 
 def test_a_terminal_status_never_changes_and_a_stale_attempt_writes_nothing(services, make_agent):
@@ -63,3 +68,27 @@ def test_waiting_executions_hold_no_worker_thread(services, make_agent, processe
     )
     assert set(statuses(services, waiters).values()) == {"pending"}
     assert services.slots.position("busy", waiters[-1]) == 10
+
+
+def test_a_worker_survives_postgresql_dropping_its_pooled_connection(
+    settings, services, make_agent
+):
+    """A pooled connection that PostgreSQL closed (a restart, an idle timeout) costs one retry
+    on a fresh connection, not the execution."""
+    make_agent("demo")
+    worker = Services(settings, pool_size=1, pre_ping=False, autocommit=True)
+    executor = Executor(worker)
+    try:
+        first = submit_execution(services, "demo", "first").execution.id
+        executor.handle(first, "demo")
+        with driver_connection(worker.engine) as conn:  # the pool's only connection
+            pid = conn.info.backend_pid
+        with services.engine.connect() as admin:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        second = submit_execution(services, "demo", "second").execution.id
+        executor.handle(second, "demo")
+        assert statuses(services, [first, second]) == {first: "completed", second: "completed"}
+        with driver_connection(worker.engine) as conn:
+            assert conn.info.backend_pid != pid
+    finally:
+        worker.close()

@@ -44,7 +44,9 @@ class StopListener:
                 pubsub.subscribe(keys.control_channel())
                 for message in pubsub.listen():
                     self._dispatch(message["data"])
-            except redis.RedisError:  # Redis restarting: the heartbeat's row check still works
+            except Exception:  # noqa: BLE001 - Redis restarting, or the client closed under us
+                # (redis-py may then raise ValueError): never let the listener die; meanwhile
+                # the heartbeat's row check still sees a stop.
                 log.warning("stop listener lost Redis; reconnecting", exc_info=True)
                 threading.Event().wait(1.0)
 

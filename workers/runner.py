@@ -28,7 +28,7 @@ from shared.linux import death_pact
 CHUNK_BYTES = 65_536
 STDERR_TAIL_BYTES = 8_192
 POLL_SECONDS = 0.02  #: how often the loop checks the stop flag (exit and output wake it at once)
-INLINE_STDIN_BYTES = 4096  #: messages up to one page are written without a thread
+INLINE_STDIN_BYTES = 4096  #: messages up to one page are written at once (any pipe takes them)
 DRAIN_SECONDS = 2.0  #: how long to wait for EOF on the pipes once the group is dead
 
 
