@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
 
 from producer import submit_execution
@@ -92,3 +93,38 @@ def test_a_worker_survives_postgresql_dropping_its_pooled_connection(
             assert conn.info.backend_pid != pid
     finally:
         worker.close()
+
+
+def test_lines_reach_the_stream_even_when_the_terminal_write_fails(
+    settings, services, make_agent, redis_client
+):
+    """The reaper rebuilds a lost run's transcript from the event stream: a failed terminal
+    write must not leave lines lingering in the worker."""
+    import psycopg
+
+    from shared.events import read_stream
+
+    make_agent("demo")
+    eid = submit_execution(services, "demo", "doomed lines=5").execution.id
+    with services.engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION refuse_transcript() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN RAISE EXCEPTION 'transcripts refused'; END $$;"
+                " CREATE TRIGGER refuse_transcript BEFORE INSERT ON transcripts"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_transcript()"
+            )
+        )
+    worker = Services(settings, pool_size=1, pre_ping=False, autocommit=True)
+    try:
+        with pytest.raises(psycopg.errors.RaiseException):
+            Executor(worker).handle(eid, "demo")
+    finally:
+        worker.close()
+        with services.engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER refuse_transcript ON transcripts"))
+            conn.execute(text("DROP FUNCTION refuse_transcript()"))
+    assert statuses(services, [eid])[eid] == "running", "the reaper's to settle"
+    events = read_stream(redis_client, eid, 0)
+    assert events[0]["status"] == "running"
+    assert sum(e["type"] == "line" for e in events) >= 5

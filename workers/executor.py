@@ -256,9 +256,15 @@ class Executor:
             len(transcript),
             isinstance(outcome, RunOutcome) and outcome.truncated,
         )
-        final = self._transaction(
-            lambda s: lifecycle.finish(s, job.execution_id, attempt, status, fields, stored)
-        )
+        try:
+            final = self._transaction(
+                lambda s: lifecycle.finish(s, job.execution_id, attempt, status, fields, stored)
+            )
+        except BaseException:
+            # The row stays running; the reaper will fail it and rebuild its transcript from
+            # the event stream, so the lines still lingering here must reach it first.
+            events.flush()
+            raise
         if final is None:
             log.warning(
                 "execution %s attempt %s: row moved on; result discarded", job.execution_id, attempt
