@@ -52,16 +52,15 @@ def emit(
     final: bool = False,
     via: ScriptBatch | None = None,
 ) -> None:
-    """Append events to the stream and publish them (one round trip, or queued on `via`)."""
+    """Append events (dense ids, in order) to the stream and publish them as one JSON array
+    (one round trip, or queued on `via`). Each event is serialised once: the script builds
+    the published array from the same strings it stores."""
     if not events:
         return
-    args: list[Any] = [
-        STREAM_MAXLEN,
-        STREAM_TTL_SECONDS if final else 0,
-        json.dumps(events, separators=(",", ":")),
-    ]
-    for event in events:
-        args += [event["id"], json.dumps(event, separators=(",", ":"))]
+    first = events[0]["id"]
+    assert events[-1]["id"] == first + len(events) - 1, "a batch's event ids are dense"
+    args: list[Any] = [STREAM_MAXLEN, STREAM_TTL_SECONDS if final else 0, first]
+    args += [json.dumps(event, separators=(",", ":")) for event in events]
     keys_ = [keys.events_stream(execution_id), keys.events_channel(execution_id)]
     if via is not None:
         via.add(_emit_script(client), keys_, args)
