@@ -10,7 +10,7 @@ from shared.db import driver_connection
 from shared.models import Execution
 from shared.services import Services
 from shared.states import ExecutionStatus
-from tests.conftest import statuses, wait_for
+from tests.conftest import queued_messages, statuses, wait_for
 from workers import lifecycle
 from workers.executor import Executor
 
@@ -128,3 +128,26 @@ def test_lines_reach_the_stream_even_when_the_terminal_write_fails(
     events = read_stream(redis_client, eid, 0)
     assert events[0]["status"] == "running"
     assert sum(e["type"] == "line" for e in events) >= 5
+
+
+def test_a_release_runs_the_next_waiter_on_its_own_thread_but_not_while_shutting_down(
+    settings, services, make_agent
+):
+    """A promoted waiter runs on the thread that freed its slot: no broker round trip. A
+    worker that is shutting down publishes it instead, for another worker."""
+    make_agent("solo", max_parallel_tasks=1)
+    ids = [submit_execution(services, "solo", f"run {i}").execution.id for i in range(3)]
+    assert queued_messages(settings) == 1  # only the first fit a slot; the others wait
+    worker = Services(settings, pool_size=2, pre_ping=False, autocommit=True)
+    executor = Executor(worker)
+    try:
+        executor.handle(ids[0], "solo")
+        assert set(statuses(services, ids).values()) == {"completed"}
+        assert queued_messages(settings) == 1, "the waiters were run here, not published"
+        more = [submit_execution(services, "solo", f"later {i}").execution.id for i in range(2)]
+        executor.stopping.set()
+        executor.handle(more[0], "solo")
+        assert statuses(services, more) == {more[0]: "completed", more[1]: "pending"}
+        assert queued_messages(settings) == 3, "the next waiter was published"
+    finally:
+        worker.close()

@@ -66,6 +66,7 @@ _AGENT = (
     " FROM agents WHERE name = %(name)s"
 )
 AGENT_CACHE_SECONDS = 2.0  #: how long a worker trusts its copy of an agent's settings
+INLINE_SECONDS = 10.0  #: how long a message's thread goes on with promoted waiters itself
 
 
 class Executor:
@@ -76,6 +77,7 @@ class Executor:
         self.stops = StopListener(services.redis)
         self.heartbeats = Heartbeats(services.settings.heartbeat_seconds)
         self._agents: dict[str, tuple[float, Any]] = {}
+        self.stopping = threading.Event()  #: set when the worker shuts down: promote, not run
 
     @property
     def worker_id(self) -> str:
@@ -83,28 +85,45 @@ class Executor:
         return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
     def handle(self, execution_id: str, agent: str | None = None) -> None:
-        """Take a slot or park; claim with CAS; run; record with CAS; release and promote."""
+        """Take a slot or park; claim with CAS; run; record with CAS; release and promote.
+
+        The waiter a release promotes is run next on this same thread (as if its message had
+        come here: no broker round trip), for up to INLINE_SECONDS after this message was
+        taken and never once the worker is shutting down; past that it is published.
+        """
+        started = time.monotonic()
+        follow = self._handle_one(execution_id, agent)
+        while follow is not None:
+            head, name = follow
+            if self.stopping.is_set() or time.monotonic() - started >= INLINE_SECONDS:
+                self._promote([head], name)
+                return
+            follow = self._handle_one(head, name)
+
+    def _handle_one(self, execution_id: str, agent: str | None) -> tuple[str, str] | None:
+        """One execution; returns the promoted waiter (id, agent) its release left to us."""
         config = self._agent(agent) if agent else None
         if config is None:  # a message that does not name its agent (or names a wrong one)
             job = self._load(execution_id)
             if job is None:
-                return
+                return None
             if job.status is not ExecutionStatus.pending:
                 if job.status.terminal:  # a stale waiting entry must not block the list
                     self._release(job)
-                return
+                return None
             config = self._agent(job.agent_name)
-        self._claim_and_run(execution_id, config)
+        head = self._claim_and_run(execution_id, config)
+        return None if head is None else (head, config.name)
 
-    def _claim_and_run(self, execution_id: str, config: Any) -> None:
+    def _claim_and_run(self, execution_id: str, config: Any) -> str | None:
         """Slot first, then one statement claims and loads the row, then the run."""
         ticket = _job_from(config, execution_id, id_time_us(execution_id))
         admission = self._admit(ticket)
         if admission.needs_rebuild:
-            return
+            return None
         if not admission.admitted:
             self._transaction(lambda s: lifecycle.mark_queued(s, execution_id))
-            return
+            return None
         try:
             row = self._transaction(
                 lambda s: lifecycle.claim_returning(s, execution_id, config.name, self.worker_id)
@@ -126,11 +145,10 @@ class Executor:
             submitted_us=submitted_us(row.created_at),
         )
         try:
-            self._run(job, row.attempt)  # releases the slot itself, right after its terminal write
+            return self._run(job, row.attempt)  # releases the slot right after its terminal write
         except BaseException:
             self._release(job)
             raise
-        return None
 
     def _agent(self, name: str) -> Any:
         """The agent's settings, cached for AGENT_CACHE_SECONDS (None if there is no such)."""
@@ -190,9 +208,10 @@ class Executor:
             submitted_us(row.created_at),
         )
 
-    def _release(self, job: Job, events: EventWriter | None = None, **final: Any) -> None:
-        """Release the slot and publish the waiters that now fit; with `events`, send their
-        terminal event in the same Redis round trip."""
+    def _release(self, job: Job, events: EventWriter | None = None, **final: Any) -> str | None:
+        """Release the slot and promote the waiters that now fit: the first is returned for
+        the caller to run (with `events`: after a finished run), the others are published.
+        With `events`, their terminal event goes in the same Redis round trip."""
         if events is None:
             heads = self.services.slots.release(job.agent_name, job.execution_id, job.max_parallel)
         else:
@@ -203,14 +222,22 @@ class Executor:
                 heads = decode_heads(batch.execute()[0])
             except redis.RedisError:  # the reaper promotes; PostgreSQL has the outcome
                 log.warning("could not release %s", job.execution_id, exc_info=True)
-                return
+                return None
+        if events is not None and heads:
+            self._promote(heads[1:], job.agent_name)
+            return heads[0]
+        self._promote(heads, job.agent_name)
+        return None
+
+    def _promote(self, heads: list[str], agent: str) -> None:
+        """Publish promoted waiters; one that cannot be sent is re-sent by the reaper."""
         for head in heads:
             try:
-                self.services.publish(head, job.agent_name)
+                self.services.publish(head, agent)
             except Exception:  # the reaper re-sends heads of waiting lists
                 log.warning("could not promote %s; the reaper will", head, exc_info=True)
 
-    def _run(self, job: Job, attempt: int) -> None:
+    def _run(self, job: Job, attempt: int) -> str | None:
         transcript: list[str] = []
         parser = parser_for(job.output)
         events = EventWriter(self.services.redis, job.execution_id)
@@ -269,9 +296,8 @@ class Executor:
             log.warning(
                 "execution %s attempt %s: row moved on; result discarded", job.execution_id, attempt
             )
-            self._release(job, events)
-            return
-        self._release(
+            return self._release(job, events)
+        return self._release(
             job,
             events,
             final_status=final.status,

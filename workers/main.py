@@ -18,6 +18,16 @@ services = Services(settings, pool_size=16, pre_ping=False, autocommit=True)
 services.broker = broker  # publish promotions on the worker's own connection
 executor = Executor(services)
 
+
+class _StopRunningWaiters(dramatiq.Middleware):
+    """On shutdown, promoted waiters are published for other workers, not run here."""
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        executor.stopping.set()
+
+
+broker.add_middleware(_StopRunningWaiters())
+
 logging.getLogger("pika").setLevel(logging.WARNING)
 
 
