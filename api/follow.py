@@ -18,6 +18,7 @@ from shared.states import ExecutionStatus
 Event = dict[str, Any]
 KEEPALIVE: list[Event] = []  #: yielded when nothing happened for a while (an empty batch)
 STORED_BATCH = 1000  #: events per batch when replaying from PostgreSQL
+CATCH_UP_BATCH = 2000  #: events per read (and per message) when catching up from the stream
 
 
 def is_terminal(event: Event) -> bool:
@@ -56,7 +57,7 @@ def follow(
 def _catch_up(services: Services, execution_id: str, after: int) -> Iterator[list[Event]]:
     """From the Redis stream; once it has nothing newer, from PostgreSQL if the run ended."""
     last = after
-    while batch := events.read_stream(services.redis, execution_id, last):
+    while batch := events.read_stream(services.redis, execution_id, last, CATCH_UP_BATCH):
         yield batch
         last = batch[-1]["id"]
         if is_terminal(batch[-1]):
@@ -90,7 +91,8 @@ def _live(sub: Subscriber, after: int, keepalive_seconds: float) -> Iterator[lis
         if batch is None:
             yield KEEPALIVE
             continue
-        fresh = [e for e in batch if e["id"] > last]
+        # A batch wholly new is passed on as it came (with its published text, see Batch).
+        fresh = batch if batch and batch[0]["id"] > last else [e for e in batch if e["id"] > last]
         if not fresh:
             continue
         if fresh[0]["id"] != last + 1 or fresh[-1]["id"] != last + len(fresh):

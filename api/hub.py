@@ -19,7 +19,22 @@ from shared import keys
 
 log = logging.getLogger(__name__)
 
-MAX_BUFFERED_EVENTS = 5000  #: per client; beyond this it catches up from the stream
+#: Per client; beyond this it catches up from the stream. The batches are shared by every
+#: client of an execution (references, not copies), so this bounds memory per execution,
+#: and it is large enough (~0.3 s of the fastest agent) that a brief stall of this process
+#: does not send every client into the costlier catch-up.
+MAX_BUFFERED_EVENTS = 20_000
+
+
+class Batch(list[dict[str, Any]]):
+    """A live batch of events, and the JSON text it was published as (the same text a client
+    would get from serialising it: relays send it as is, once parsed for every client)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        super().__init__(json.loads(text))
+        self.text = text
 
 
 class Subscriber:
@@ -125,7 +140,7 @@ class Hub:
         with self._lock:
             subs = list(self._subs.get(execution_id, ()))
         if subs:
-            batch = json.loads(data)
+            batch = Batch(data.decode())
             for sub in subs:
                 sub.push(batch)
 

@@ -12,7 +12,7 @@ from flask_sock import Sock
 
 from api.context import Forbidden, principal, services
 from api.follow import follow
-from api.hub import Hub
+from api.hub import Batch, Hub
 from shared.errors import InvalidField, NotFound
 from shared.models import Execution
 
@@ -97,7 +97,7 @@ def events_ws(ws: Any, execution_id: str) -> None:
     for batch in follow(services(), hub(), execution_id, after, settings.keepalive_seconds):
         if batch:
             last = batch[-1]
-        ws.send(_dumps(batch))
+        ws.send(batch.text if isinstance(batch, Batch) else _dumps(batch))
     ws.send(_dumps({"type": "end", "status": last.get("status") if last else None}))
     ws.close()
 
