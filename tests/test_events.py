@@ -28,7 +28,7 @@ def test_a_silent_agent_still_shows_running_at_once(private_redis):
     seen: list[float] = []
 
     def watch() -> None:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not _stream(client, "silent"):
             time.sleep(0.005)
         seen.append(time.monotonic())
@@ -37,7 +37,7 @@ def test_a_silent_agent_still_shows_running_at_once(private_redis):
     watcher = threading.Thread(target=watch)
     watcher.start()
     outcome = run_agent(
-        [sys.executable, "-c", "import time; time.sleep(1.5)"],
+        [sys.executable, "-c", "import time; time.sleep(3)"],
         stdin_text="",
         on_line=events.line,
         on_flush=events.tick,
@@ -45,7 +45,8 @@ def test_a_silent_agent_still_shows_running_at_once(private_redis):
     )
     watcher.join()
     assert outcome.exit_code == 0
-    assert seen and seen[0] - started < LINGER_SECONDS + 0.5, "running shown only at the end"
+    # Within the linger (plus start-up slack on a busy machine), long before the 3 s run ends.
+    assert seen and seen[0] - started < LINGER_SECONDS + 1.0, "running shown only at the end"
     assert [e["status"] for e in _stream(client, "silent")] == ["running"]
 
 
