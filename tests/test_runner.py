@@ -89,6 +89,27 @@ def test_the_message_arrives_on_stdin() -> None:
     assert lines == ["HÉLLO", "WÖRLD"]
 
 
+def test_a_message_larger_than_the_pipe_arrives_whole_while_the_agent_talks() -> None:
+    """100 KB (the largest message) does not fit a pipe: it goes out as the agent reads it,
+    from the same loop that reads what the agent prints meanwhile."""
+    import hashlib
+
+    message = "".join(f"line {i} of the message\n" for i in range(4000))
+    code = """
+        import hashlib, sys
+        data = b""
+        while chunk := sys.stdin.buffer.read(8192):
+            data += chunk
+            print("got", len(chunk), flush=True)
+        print("total", len(data), hashlib.sha256(data).hexdigest())
+    """
+    outcome, lines = run(python(code), message)
+    assert outcome.exit_code == 0
+    expected = hashlib.sha256(message.encode()).hexdigest()
+    assert lines[-1] == f"total {len(message.encode())} {expected}"
+    assert len(lines) > 10, "the agent talked while it read"
+
+
 def test_a_program_that_never_reads_stdin_does_not_hang_the_runner() -> None:
     outcome, lines = run(python("print('done')"), "x" * 2_000_000)
     assert (outcome.exit_code, lines) == (0, ["done"])
