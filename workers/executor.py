@@ -66,7 +66,8 @@ _AGENT = (
     " FROM agents WHERE name = %(name)s"
 )
 AGENT_CACHE_SECONDS = 2.0  #: how long a worker trusts its copy of an agent's settings
-INLINE_SECONDS = 10.0  #: how long a message's thread goes on with promoted waiters itself
+INLINE_SECONDS = 2.0  #: how long a message's thread goes on with promoted waiters itself (short:
+#: meanwhile other agents' messages wait for a thread)
 
 
 class Executor:
