@@ -10,9 +10,8 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from sqlalchemy import text
 
-from shared.db import driver, driver_connection, one
+from shared.db import driver_connection, one
 from shared.errors import AlreadyFired, InvalidField, NotFound, QueueFull
 from shared.models import Execution, new_id, utcnow
 from shared.services import Services
@@ -96,9 +95,10 @@ _INSERT = (
     f"INSERT INTO executions ({', '.join(_COLUMNS)})"
     f" VALUES ({', '.join(f'%({c})s' for c in _COLUMNS)})"
 )
-_LOCK_AGENT = text("SELECT 1 FROM agents WHERE name = :name FOR NO KEY UPDATE")
-_IN_FLIGHT = text(
-    "SELECT count(*) FROM executions WHERE agent_name = :name AND status IN ('pending', 'running')"
+_LOCK_AGENT = "SELECT 1 FROM agents WHERE name = %(name)s FOR NO KEY UPDATE"
+_IN_FLIGHT = (
+    "SELECT count(*) AS n FROM executions"
+    " WHERE agent_name = %(name)s AND status IN ('pending', 'running')"
 )
 
 
@@ -120,12 +120,12 @@ def _refuse_if_full(agent: Any, in_flight: int) -> None:
 def _insert_exactly(services: Services, agent: Any, row: dict[str, Any]) -> None:
     """Near the limit: lock the agent row, count afresh (a new statement, a new snapshot),
     then refuse or insert, in one transaction, so the limit is exact under concurrency."""
-    with services.engine.begin() as tx:
-        tx.execute(_LOCK_AGENT, {"name": agent.name})
-        in_flight = int(tx.execute(_IN_FLIGHT, {"name": agent.name}).scalar_one())
+    with driver_connection(services.engine) as conn, conn.transaction():
+        conn.execute(_LOCK_AGENT, {"name": agent.name})
+        in_flight = int(one(conn, _IN_FLIGHT, {"name": agent.name}).n)
         _refuse_if_full(agent, in_flight)
         row["queued_at"] = row["created_at"] if in_flight >= agent.max_parallel_tasks else None
-        _insert(driver(tx), row)
+        _insert(conn, row)
 
 
 def _insert(conn: psycopg.Connection[Any], row: dict[str, Any]) -> None:
