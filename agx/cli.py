@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -247,8 +248,17 @@ def keys() -> None:
     """Manage API keys."""
 
 
+def _key_name(_ctx: Any, _param: Any, value: str) -> str:
+    if not KEY_NAME.fullmatch(value):
+        raise click.BadParameter("use 1-64 letters, digits, '.', '_', '@' or '-'")
+    return value
+
+
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")  #: names appear in `source`
+
+
 @keys.command("create")
-@click.argument("name")
+@click.argument("name", callback=_key_name)
 @click.option("--agent", "agent_names", multiple=True, help="Scope the key to this agent.")
 def keys_create(name: str, agent_names: tuple[str, ...]) -> None:
     """Create an API key (admin, or scoped with --agent) and print it once."""

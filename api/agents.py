@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from api.context import principal, require_admin, require_agent_visible, services
 from api.serialize import execution_dict, links
@@ -16,7 +17,7 @@ from producer import submit_execution
 from shared.agents import AgentPatch, AgentSpec, agent_dict, agent_values
 from shared.errors import Conflict, NotFound
 from shared.models import Agent, Execution
-from shared.states import ExecutionStatus, Trigger
+from shared.states import IN_FLIGHT, ExecutionStatus, Trigger
 
 bp = Blueprint("agents", __name__, url_prefix="/api/agents")
 
@@ -38,7 +39,8 @@ def list_agents() -> Any:
     who = principal()
     with services().Session() as session:
         agents = session.scalars(select(Agent).order_by(Agent.name)).all()
-    return jsonify({"items": [agent_dict(a) for a in agents if who.may_see(a.name)]})
+    items = [agent_dict(a, who.is_admin) for a in agents if who.may_see(a.name)]
+    return jsonify({"items": items})
 
 
 @bp.post("")
@@ -46,22 +48,26 @@ def list_agents() -> Any:
 def create_agent(body: AgentSpec) -> Any:
     """Create an agent (admin)."""
     require_admin()
-    with services().Session.begin() as session:
-        if session.get(Agent, body.name) is not None:
-            raise Conflict(f"agent '{body.name}' already exists; PATCH it instead")
-        agent = Agent(name=body.name, **agent_values(body))
-        session.add(agent)
-        session.flush()
-        data = agent_dict(agent)
+    exists = Conflict(f"agent '{body.name}' already exists; PATCH it instead")
+    try:
+        with services().Session.begin() as session:
+            if session.get(Agent, body.name) is not None:
+                raise exists
+            agent = Agent(name=body.name, **agent_values(body))
+            session.add(agent)
+            session.flush()
+            data = agent_dict(agent)
+    except IntegrityError:  # created by a concurrent request since the check
+        raise exists from None
     return jsonify(data), 201
 
 
 @bp.get("/<name>")
 def get_agent(name: str) -> Any:
     """One agent."""
-    require_agent_visible(name)
+    who = require_agent_visible(name)
     with services().Session() as session:
-        return jsonify(agent_dict(_agent(session, name)))
+        return jsonify(agent_dict(_agent(session, name), who.is_admin))
 
 
 @bp.patch("/<name>")
@@ -70,7 +76,7 @@ def patch_agent(name: str, body: AgentPatch) -> Any:
     """Change some fields of an agent (admin)."""
     require_admin()
     with services().Session.begin() as session:
-        agent = _agent(session, name)
+        agent = _agent(session, name, lock=True)
         for key, value in agent_values(body).items():
             setattr(agent, key, value)
         session.flush()
@@ -80,19 +86,18 @@ def patch_agent(name: str, body: AgentPatch) -> Any:
 
 @bp.delete("/<name>")
 def delete_agent(name: str) -> Any:
-    """Delete an agent and its history (admin); refused while it has live executions."""
+    """Delete an agent and its history (admin); refused while it has live executions.
+
+    The agent row is locked first: a submission that has not inserted yet then waits and
+    finds no agent (404), one that has is counted here (409), so no accepted run is deleted.
+    """
     require_admin()
     with services().Session.begin() as session:
-        agent = _agent(session, name)
+        agent = _agent(session, name, lock=True)
         live = session.scalar(
             select(func.count())
             .select_from(Execution)
-            .where(
-                Execution.agent_name == name,
-                Execution.status.in_(
-                    [ExecutionStatus.pending.value, ExecutionStatus.running.value]
-                ),
-            )
+            .where(Execution.agent_name == name, Execution.status.in_(IN_FLIGHT))
         )
         if live:
             raise Conflict(
@@ -121,7 +126,7 @@ def submit_task(name: str, body: TaskRequest) -> Any:
     if body.wait:
         execution = _wait_terminal(execution.id, svc.settings.wait_max_seconds)
         if ExecutionStatus(execution.status).terminal:
-            return jsonify(execution_dict(execution)), 200
+            return jsonify(execution_dict(execution, who)), 200
     return jsonify(
         {
             "execution_id": execution.id,
@@ -146,8 +151,9 @@ def _wait_terminal(execution_id: str, max_seconds: float) -> Execution:
         delay = min(delay * 1.5, 0.5)
 
 
-def _agent(session: Any, name: str) -> Agent:
-    agent = session.get(Agent, name)
+def _agent(session: Any, name: str, lock: bool = False) -> Agent:
+    """The agent, locked against concurrent changes with `lock` (404 when there is none)."""
+    agent = session.get(Agent, name, with_for_update=lock or None, populate_existing=lock)
     if agent is None:
         raise NotFound(f"agent '{name}' does not exist")
     return agent

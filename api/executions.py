@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from shared.stopping import request_stop
 from shared.timefmt import parse_iso
 
 log = logging.getLogger(__name__)
+ID_CHARS = re.compile(r"[0-9A-Za-z_-]{1,32}")  #: what an execution id is made of
 
 bp = Blueprint("executions", __name__, url_prefix="/api")
 
@@ -63,7 +65,7 @@ def list_agent_executions(name: str, query: ListQuery) -> Any:
 @bp.get("/agents/<name>/executions/<execution_id>")
 def get_execution(name: str, execution_id: str) -> Any:
     """The whole record of one execution, with its transcript."""
-    require_agent_visible(name)
+    who = require_agent_visible(name)
     with services().Session() as session:
         execution = session.get(Execution, execution_id)
         if execution is None or execution.agent_name != name:
@@ -72,6 +74,7 @@ def get_execution(name: str, execution_id: str) -> Any:
     return jsonify(
         execution_dict(
             execution,
+            who,
             _positions([execution]).get(execution.id),
             transcript.content if transcript else "",
         )
@@ -90,7 +93,7 @@ def _page(query: ListQuery) -> dict[str, Any]:
     rows = rows[: query.limit]
     positions = _positions(rows)
     return {
-        "items": [execution_dict(r, positions.get(r.id)) for r in rows],
+        "items": [execution_dict(r, principal(), positions.get(r.id)) for r in rows],
         "next_cursor": _encode_cursor(rows[-1]) if more and rows else None,
     }
 
@@ -148,6 +151,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, eid = raw.split("|", 1)
+        if not ID_CHARS.fullmatch(eid):
+            raise ValueError("not an execution id")
         return parse_iso(created), eid
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidField("cursor", "is not a cursor returned by this API") from None
@@ -156,6 +161,6 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 @bp.post("/agents/<name>/executions/<execution_id>/stop")
 def stop_execution(name: str, execution_id: str) -> Any:
     """Stop: pending -> cancelled now; running -> the agent's process group is killed."""
-    require_agent_visible(name)
+    who = require_agent_visible(name)
     row = request_stop(services(), execution_id, name)
-    return jsonify(execution_dict(row)), 202 if row.status == "running" else 200
+    return jsonify(execution_dict(row, who)), 202 if row.status == "running" else 200

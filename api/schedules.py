@@ -161,7 +161,7 @@ def create_schedule(name: str, body: ScheduleCreate) -> Any:
     """Create a schedule; `from_execution_id` repeats that execution (Make Repeatable)."""
     require_agent_visible(name)
     with services().Session.begin() as session:
-        _agent(session, name)
+        _agent(session, name, lock=True)  # a concurrent delete waits for this schedule, or wins
         message, model = _what_to_send(session, name, body)
         times = fire_times(body.cron, body.timezone)
         schedule = Schedule(
@@ -291,8 +291,9 @@ def _schedule(session: Session, schedule_id: str, lock: bool = False) -> Schedul
     return schedule
 
 
-def _agent(session: Session, name: str) -> Agent:
-    agent = session.get(Agent, name)
+def _agent(session: Session, name: str, lock: bool = False) -> Agent:
+    """The agent (404 when there is none); with `lock`, held against deletion (FOR KEY SHARE)."""
+    agent = session.get(Agent, name, with_for_update={"key_share": True} if lock else None)
     if agent is None:
         raise NotFound(f"agent '{name}' does not exist")
     return agent

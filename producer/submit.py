@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 100 * 1024  #: largest message accepted, in UTF-8 bytes
 MODEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/\[\]-]{0,127}")
+MAX_SOURCE_CHARS = 200  #: the width of executions.source: a longer name is cut, never a 500
 #: Concurrent submissions to one agent that the lock-free path tolerates near queue_limit.
 LOCK_MARGIN = 256
 
@@ -110,10 +111,12 @@ def _agent(conn: psycopg.Connection[Any], agent_name: str) -> Any:
 
 
 def _refuse_if_full(agent: Any, in_flight: int) -> None:
-    if in_flight >= agent.max_parallel_tasks + agent.queue_limit:
+    limit = agent.max_parallel_tasks + agent.queue_limit
+    if in_flight >= limit:
         raise QueueFull(
-            f"agent '{agent.name}' has {agent.queue_limit} executions waiting (queue_limit); "
-            "try again when some have finished"
+            f"agent '{agent.name}' has {in_flight} executions in flight, its limit "
+            f"({agent.max_parallel_tasks} running, max_parallel_tasks, + {agent.queue_limit} "
+            f"waiting, queue_limit = {limit}); try again when some have finished"
         )
 
 
@@ -172,7 +175,7 @@ def submit_execution(
             message=message,
             model=model or agent.default_model,
             timeout_seconds=validate_timeout(timeout_seconds, agent),
-            source=source,
+            source=None if source is None else source[:MAX_SOURCE_CHARS],
             schedule_id=schedule_id,
             scheduled_for=scheduled_for,
             parent_execution_id=parent_execution_id,

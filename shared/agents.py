@@ -20,6 +20,7 @@ from shared.timefmt import iso
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+MAX_PRICE = Decimal("1e12")  #: prices are stored as NUMERIC(18, 6): below a trillion USD
 Arg = Annotated[str, Field(min_length=1, max_length=4096)]
 #: Fields an agent spec may set besides its name.
 AGENT_FIELDS = (
@@ -64,7 +65,7 @@ class AgentPatch(BaseModel):
     queue_limit: int | None = Field(None, ge=0, le=1_000_000)
     workdir: str | None = Field(None, min_length=1, max_length=4096)
     env: dict[str, str] | None = None
-    price: Decimal | None = Field(None, ge=0)
+    price: Decimal | None = Field(None, ge=0, lt=MAX_PRICE, description="USD per paid task")
     description: str | None = Field(None, max_length=10_000)
 
     @field_validator("command")
@@ -116,8 +117,12 @@ def upsert_agent(session: Session, spec: AgentSpec) -> str:
     return "updated" if changed else "unchanged"
 
 
-def agent_dict(agent: Agent) -> dict[str, Any]:
-    """An agent as the API shows it."""
+MASKED = "********"  #: what a non-admin key sees instead of an env value
+
+
+def agent_dict(agent: Agent, reveal_env: bool = True) -> dict[str, Any]:
+    """An agent as the API shows it; env values are write-only unless `reveal_env` (admins)."""
+    env = agent.env if reveal_env else {name: MASKED for name in agent.env or {}}
     return {
         "name": agent.name,
         "command": agent.command,
@@ -127,7 +132,7 @@ def agent_dict(agent: Agent) -> dict[str, Any]:
         "timeout_seconds": agent.timeout_seconds,
         "queue_limit": agent.queue_limit,
         "workdir": agent.workdir,
-        "env": agent.env,
+        "env": env,
         "price": None if agent.price is None else str(agent.price),
         "description": agent.description,
         "created_at": iso(agent.created_at),

@@ -3,7 +3,8 @@
 Covered: Anthropic and OpenAI style keys (``sk-...``), ``Bearer`` tokens,
 ``Authorization:`` header values, AWS access key ids, GitHub tokens, and
 ``NAME=value`` / ``NAME: value`` where NAME contains KEY, TOKEN, SECRET,
-PASSWORD or PASSWD (the name is kept, the value redacted).
+PASSWORD or PASSWD (the name is kept, the value redacted). A `Redactor` also removes
+given values (an agent's env) wherever they appear, raw or JSON-escaped.
 
 Linear time: every repeated part is possessive (``*+``, ``++``), so the engine
 never backtracks into it, and each rule may only start where a word starts,
@@ -18,7 +19,9 @@ valid JSON; the numbers, booleans and null of quoted JSON keys are left alone
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable
 
 REDACTED = "[REDACTED]"
 
@@ -78,3 +81,29 @@ def redact(text: str) -> str:
         if any(word in lowered for word in triggers):
             text = pattern.sub(replacement, text)
     return text
+
+
+MIN_SECRET_CHARS = 8  #: shorter env values ("1", "true", "prod") are not treated as secrets
+
+
+class Redactor:
+    """`redact` plus known secret values (an agent's env values of MIN_SECRET_CHARS or more),
+    removed wherever they appear, as written or escaped inside a JSON string."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        forms: set[str] = set()
+        for value in secrets:
+            if len(value) >= MIN_SECRET_CHARS:
+                forms.update((value, _json_escaped(value, True), _json_escaped(value, False)))
+        self._values = sorted(forms, key=len, reverse=True)  # longest first: no partial leftovers
+
+    def __call__(self, text: str) -> str:
+        """Text with the known values, then the recognised patterns, replaced by [REDACTED]."""
+        for value in self._values:
+            if value in text:  # a C substring search: cheap when absent, the usual case
+                text = text.replace(value, REDACTED)
+        return redact(text)
+
+
+def _json_escaped(value: str, ascii_only: bool) -> str:
+    return json.dumps(value, ensure_ascii=ascii_only)[1:-1]

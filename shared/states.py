@@ -21,6 +21,8 @@ class ExecutionStatus(StrEnum):
 
 
 TERMINAL = frozenset({ExecutionStatus.completed, ExecutionStatus.failed, ExecutionStatus.cancelled})
+#: Statuses of an execution that is not finished (the index ix_executions_in_flight's predicate).
+IN_FLIGHT = (ExecutionStatus.pending.value, ExecutionStatus.running.value)
 
 #: Allowed moves; everything else is refused by compare-and-set.
 TRANSITIONS: dict[ExecutionStatus, frozenset[ExecutionStatus]] = {

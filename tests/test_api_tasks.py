@@ -59,7 +59,8 @@ def test_the_queue_limit_refuses_with_429_and_stores_nothing_for_the_refused_req
     assert [r.json["queue_position"] for r in accepted] == [None, 1, 2]
     refused = client.post("/api/agents/tight/task", json={"message": "one too many"})
     assert refused.status_code == 429
-    assert "queue_limit" in refused.json["error"]["message"]
+    message = refused.json["error"]["message"]
+    assert "has 3 executions in flight" in message and "queue_limit = 3" in message
     assert _count(services) == 3
 
 

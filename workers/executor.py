@@ -18,7 +18,7 @@ from shared.db import driver_connection, one
 from shared.events import EventWriter
 from shared.models import id_time_us
 from shared.rebuild import ensure_epoch
-from shared.redact import redact
+from shared.redact import Redactor
 from shared.script_batch import ScriptBatch
 from shared.services import Services
 from shared.slots import Admission, decode_heads, submitted_us
@@ -244,8 +244,10 @@ class Executor:
         events = EventWriter(self.services.redis, job.execution_id)
         events.status(ExecutionStatus.running.value, attempt=attempt)
 
+        scrub = Redactor(job.env.values())
+
         def on_line(line: str) -> None:
-            line = redact(line)
+            line = scrub(line)
             transcript.append(line)
             parser.feed(line)
             events.line(line)
@@ -261,7 +263,7 @@ class Executor:
         self.stops.register(job.execution_id, lambda: watch.kill("cancel"))
         self.heartbeats.add(watch)
         try:
-            outcome: RunOutcome | str = run_agent(
+            outcome: RunOutcome | str = unstartable(job) or run_agent(
                 _argv(job),
                 stdin_text=job.message,
                 on_line=on_line,
@@ -274,11 +276,13 @@ class Executor:
                 die_with_parent=not self.services.settings.orphan_guard,
             )
         except OSError as exc:
-            outcome = f"could not start agent: {exc}"
+            outcome = _start_error(exc, job)
         finally:
             self.stops.unregister(job.execution_id)
             self.heartbeats.remove(watch)
         status, fields = judge(job, outcome, parser.result(), watch.reason)
+        if fields.get("error"):
+            fields["error"] = scrub(fields["error"])  # a stderr tail may print the env too
         stored = (
             "\n".join(transcript),
             len(transcript),
@@ -324,6 +328,27 @@ def _job_from(config: Any, execution_id: str, submitted: int) -> Job:
         config.timeout_seconds,
         submitted,
     )
+
+
+def unstartable(job: Job) -> str | None:
+    """Why the agent cannot be started at all (text a process cannot be given), else None."""
+    try:
+        for text in (*job.command, *job.env, *job.env.values(), job.workdir or ""):
+            text.encode()
+    except UnicodeEncodeError:
+        return "could not start agent: its command, env or workdir holds a lone surrogate"
+    return None
+
+
+def _start_error(exc: OSError, job: Job) -> str:
+    """The reason a start failed, naming the setting at fault (no server paths)."""
+    if exc.filename is not None and exc.filename == job.workdir:
+        what = "workdir"
+    elif isinstance(exc, FileNotFoundError | PermissionError):
+        what = "command[0]"
+    else:
+        what = "agent"
+    return f"could not start agent: {what}: {exc.strerror or type(exc).__name__}"
 
 
 def _argv(job: Job) -> list[str]:
