@@ -1,7 +1,8 @@
 """`agx workers`: the Dramatiq worker pool under a subreaper that leaves no orphan behind.
 
-If a worker process is killed with SIGKILL, its agent dies too (parent-death signal), but
-anything the agent started would be re-parented to init and live on. This process marks
+If a worker process is killed with SIGKILL, its agent dies too (parent-death signal, armed
+for every run, so it holds even when this process dies with the pool's whole process group),
+but anything the agent started would be re-parented to init and live on. This process marks
 itself a child subreaper, so such orphans are re-parented here instead, and kills them.
 """
 
@@ -52,8 +53,8 @@ def _kill_orphans(master: int) -> None:
 
 def run_pool(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Run the Dramatiq CLI as our child; forward stop signals; kill orphans; return its code."""
-    guarded = become_subreaper()
-    master = subprocess.Popen(list(argv), env={**env, "AGX_ORPHAN_GUARD": "1" if guarded else "0"})
+    become_subreaper()
+    master = subprocess.Popen(list(argv), env=dict(env))
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: master.send_signal(signum))
     while master.poll() is None:

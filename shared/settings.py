@@ -39,9 +39,6 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     secret_key: str | None = None  #: signs session cookies; share it across API processes
     worker_id: str | None = None
-    #: set by `agx workers` for its pool: a subreaper kills agents a dead worker leaves behind,
-    #: so the runner need not arm a parent-death signal per run
-    orphan_guard: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -64,7 +61,6 @@ class Settings:
             queue=env.get("AGX_QUEUE") or DEFAULT_QUEUE,
             allowed_origins=origins,
             secret_key=env.get("AGX_SECRET_KEY") or None,
-            orphan_guard=env.get("AGX_ORPHAN_GUARD") == "1",
         )
         for name in (
             "lease_seconds",

@@ -273,7 +273,6 @@ class Executor:
                 env=job.env,
                 max_total_bytes=MAX_STORED_BYTES,
                 on_flush=events.tick,
-                die_with_parent=not self.services.settings.orphan_guard,
             )
         except OSError as exc:
             outcome = _start_error(exc, job)

@@ -225,7 +225,8 @@ def _close(pipe: IO[bytes]) -> None:
 #: every spawn a full fork of the worker instead of a vfork). Unlike `death_pact` it does not
 #: re-check its parent after the prctl, so a worker killed in the millisecond between the spawn
 #: and setpriv's prctl leaves the agent to init; under `agx workers` the pool's subreaper
-#: (the orphan guard) covers that window, and every other exit path kills the group.
+#: covers that window (unless the pool dies whole within it), and every other exit path kills
+#: the group.
 _SETPRIV = shutil.which("setpriv")
 
 
@@ -306,8 +307,8 @@ def run_agent(
     start, after the lines of each read from the pipe, and at the end; it returns None, or the
     seconds after which it wants to be called again even if no output comes (so a batch of
     events can wait for company, but not for ever). An exception from a callback kills the
-    group and propagates. `die_with_parent=False` skips the parent-death signal (and its
-    cost) where a subreaper already kills what a dead worker leaves behind (`agx workers`).
+    group and propagates. `die_with_parent=False` skips the parent-death signal: only for a
+    caller that outlives every run it starts by other means (agx's workers always arm it).
     """
     started = time.monotonic()
     lines = _LineSplitter(on_line, max_line_bytes, max_total_bytes)
