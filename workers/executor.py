@@ -76,7 +76,7 @@ class Executor:
     def __init__(self, services: Services):
         self.services = services
         self.stops = StopListener(services.redis)
-        self.heartbeats = Heartbeats(services.settings.heartbeat_seconds)
+        self.heartbeats = Heartbeats(services)
         self._agents: dict[str, tuple[float, Any]] = {}
         self.stopping = threading.Event()  #: set when the worker shuts down: promote, not run
 
@@ -119,6 +119,7 @@ class Executor:
     def _claim_and_run(self, execution_id: str, config: Any) -> str | None:
         """Slot first, then one statement claims and loads the row, then the run."""
         ticket = _job_from(config, execution_id, id_time_us(execution_id))
+        leased_at = time.monotonic()  # no later than Redis stamps the lease (self-fencing)
         admission = self._admit(ticket)
         if admission.needs_rebuild:
             return None
@@ -146,7 +147,8 @@ class Executor:
             submitted_us=submitted_us(row.created_at),
         )
         try:
-            return self._run(job, row.attempt)  # releases the slot right after its terminal write
+            # _run releases the slot right after its terminal write
+            return self._run(job, row.attempt, leased_at)
         except BaseException:
             self._release(job)
             raise
@@ -238,7 +240,7 @@ class Executor:
             except Exception:  # the reaper re-sends heads of waiting lists
                 log.warning("could not promote %s; the reaper will", head, exc_info=True)
 
-    def _run(self, job: Job, attempt: int) -> str | None:
+    def _run(self, job: Job, attempt: int, leased_at: float) -> str | None:
         transcript: list[str] = []
         parser = parser_for(job.output)
         events = EventWriter(self.services.redis, job.execution_id)
@@ -259,6 +261,7 @@ class Executor:
             job.max_parallel,
             job.timeout_seconds,
             attempt,
+            leased_at,
         )
         self.stops.register(job.execution_id, lambda: watch.kill("cancel"))
         self.heartbeats.add(watch)
@@ -273,6 +276,7 @@ class Executor:
                 env=job.env,
                 max_total_bytes=MAX_STORED_BYTES,
                 on_flush=events.tick,
+                on_start=watch.started,
             )
         except OSError as exc:
             outcome = _start_error(exc, job)
@@ -280,6 +284,11 @@ class Executor:
             self.stops.unregister(job.execution_id)
             self.heartbeats.remove(watch)
         status, fields = judge(job, outcome, parser.result(), watch.reason)
+        if watch.reason == "unrenewed" and status is ExecutionStatus.failed:
+            fields["error"] = (
+                f"could not renew its slot lease for {watch.unrenewed_seconds:.0f} s; "
+                "stopped to keep the agent's limit"
+            )
         if fields.get("error"):
             fields["error"] = scrub(fields["error"])  # a stderr tail may print the env too
         stored = (
@@ -387,6 +396,8 @@ def judge(
 def _error(job: Job, outcome: RunOutcome, parsed: Any, reason: str | None) -> str | None:
     if reason == "lease":
         return "slot lease lost (worker paused or Redis reset); agent killed"
+    if reason == "unrenewed" and outcome.exit_code != 0:  # killed by the fence, not done
+        return "could not renew its slot lease; stopped to keep the agent's limit"
     if outcome.timed_out:
         return f"timed out after {job.timeout_seconds} s; agent killed"
     if outcome.exit_code != 0:

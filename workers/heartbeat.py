@@ -1,17 +1,46 @@
-"""Heartbeats: one thread per worker process renews the leases of all its running executions."""
+"""Heartbeats of a worker process's running executions, in three threads that never wait on
+each other:
+
+- `lease-renewal` renews every slot lease each `heartbeat_seconds`, on a Redis connection of
+  its own with a socket timeout: it never waits on PostgreSQL, nor long on Redis;
+- `lease-fence` (no I/O at all) kills an agent whose lease this worker has not managed to
+  renew for `lease_seconds - fence_margin`, measured on this process's monotonic clock from
+  when the last successful renewal was *sent*. Redis stamped that renewal later than it was
+  sent and purges the lease only `lease_seconds` after its stamp, so the agent is dead before
+  anyone may take its slot — as long as the two clocks run at the same rate (within the
+  margin) and this process itself is not frozen (a paused VM stops its agents too; see
+  docs/architecture.md);
+- `row-heartbeat` records `heartbeat_at` in PostgreSQL (bounded by a statement timeout) and
+  reads stop requests from the row.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import threading
 import time
+from collections.abc import Callable
+
+import redis
 
 from shared.services import Services
+from shared.slots import Slots
 from workers import lifecycle
 
 log = logging.getLogger(__name__)
 
-ROW_EVERY = 3  #: heartbeats between writes of heartbeat_at (the lease is renewed every beat)
+ROW_EVERY = 3  #: lease renewals per write of heartbeat_at
+FENCE_TICK_SECONDS = 0.1  #: how often the fence looks at the watches (no I/O)
+ROW_STATEMENT_TIMEOUT_MS = 5000  #: longest a heartbeat_at write may wait (locks, a slow disk)
+
+
+def fence_margin(lease_seconds: float) -> float:
+    """How long before its lease could lapse a worker kills an agent it cannot renew: a sixth
+    of the lease, at least 2 s (5 s of the default 30 s lease)."""
+    return max(2.0, lease_seconds / 6)
 
 
 class Watch:
@@ -25,86 +54,143 @@ class Watch:
         max_parallel: int,
         timeout_seconds: float,
         attempt: int,
+        leased_at: float,
     ):
         self.services, self.agent, self.execution_id = services, agent, execution_id
         self.max_parallel, self.attempt = max_parallel, attempt
         self.deadline = time.monotonic() + timeout_seconds + services.settings.lease_buffer_seconds
+        self.renewed_at = leased_at  #: monotonic time the last successful renewal was sent
         self.stop = threading.Event()  # set to kill the agent
         self.reason: str | None = None
-        self.beats = 0
+        self.unrenewed_seconds = 0.0  #: how long the lease went unrenewed when fenced
+        self.pid: int | None = None  #: the agent's pid (= its process group), once started
         self.closed = False
-        self.lock = threading.Lock()  # held by a beat; close() waits for it
+        # Held by a renewal / by a fence; close() takes both. Apart, so that a fence never
+        # waits for a renewal stuck on the very outage it is there for.
+        self.renewing, self.fencing = threading.Lock(), threading.Lock()
+
+    def started(self, pid: int) -> None:
+        """The runner's on_start: the agent's process group, for the fence to kill."""
+        self.pid = pid
 
     def close(self) -> None:
-        """No beat runs after this returns (a late renewal could restore a released lease)."""
-        with self.lock:
+        """No renewal or fence acts after this returns (a late renewal could restore a
+        released lease; the agent's pid may be reaped and reused)."""
+        with self.renewing, self.fencing:
             self.closed = True
 
-    def beat(self) -> None:
-        """One heartbeat, unless closed."""
-        with self.lock:
-            if not self.closed:
-                self._beat()
+    def renew(self, slots: Slots) -> None:
+        """Renew the lease (raises when Redis fails); a lease found gone stops the agent."""
+        with self.renewing:
+            if self.closed or self.reason == "unrenewed":
+                return
+            sent = time.monotonic()
+            if slots.renew(self.agent, self.execution_id, self.max_parallel, self.deadline - sent):
+                self.renewed_at = sent
+            else:
+                self.kill("lease")
 
-    def _beat(self) -> None:
-        """The lease every time (it fences), the row every ROW_EVERY beats."""
-        self.beats += 1
-        try:
-            remaining = self.deadline - time.monotonic()
-            if not self.services.slots.renew(
-                self.agent, self.execution_id, self.max_parallel, remaining
-            ):
-                return self.kill("lease")
-        except Exception:  # Redis briefly away: the row check below still fences us
-            log.warning("lease renewal failed for %s", self.execution_id, exc_info=True)
-        if self.beats % ROW_EVERY:
-            return None
+    def fence(self, fence_after: float) -> None:
+        """SIGKILL the agent's group at once if the lease went unrenewed for `fence_after` s."""
+        with self.fencing:
+            unrenewed = time.monotonic() - self.renewed_at
+            if self.closed or self.pid is None or unrenewed <= fence_after or self.reason:
+                return
+            self.unrenewed_seconds = unrenewed
+            self.kill("unrenewed")
+            with contextlib.suppress(ProcessLookupError):  # not on the runner's thread: it
+                os.killpg(self.pid, signal.SIGKILL)  # may be stuck on the same outage
+
+    def beat_row(self) -> None:
+        """Record liveness in the row; a row no longer ours, or a stop request, stops the agent."""
+        if self.closed:
+            return
         try:
             with self.services.Session.begin() as session:
+                session.connection().exec_driver_sql(
+                    f"SET LOCAL statement_timeout = {ROW_STATEMENT_TIMEOUT_MS}"
+                )
                 ours, stop = lifecycle.heartbeat(session, self.execution_id, self.attempt)
         except Exception:
             log.warning("heartbeat write failed for %s", self.execution_id, exc_info=True)
-            return None
+            return
         if not ours:
             self.kill("lease")
         elif stop:
             self.kill("cancel")
-        return None
 
     def kill(self, reason: str) -> None:
-        """Stop the agent for `reason` ('cancel' or 'lease'); the first reason sticks."""
+        """Stop the agent for `reason` ('cancel', 'lease' or 'unrenewed'); the first sticks."""
         if self.reason is None:
             self.reason = reason
         self.stop.set()
 
 
 class Heartbeats:
-    """Beats every registered Watch each `period_seconds`, from one thread."""
+    """Renews, fences and records every registered Watch, from three threads."""
 
-    def __init__(self, period_seconds: float):
-        self.period = period_seconds
+    def __init__(self, services: Services):
+        settings = services.settings
+        self.period = settings.heartbeat_seconds
+        self.fence_after = settings.lease_seconds - fence_margin(settings.lease_seconds)
+        assert settings.redis_url
+        timeout = min(self.period, 2.0)  # a frozen Redis costs a round this long, not forever
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._slots = Slots(client, settings.lease_seconds, settings.lease_buffer_seconds)
         self._watches: dict[int, Watch] = {}
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._started = False
 
     def add(self, watch: Watch) -> None:
-        """Start beating for this execution."""
+        """Start renewing, fencing and recording this execution."""
         with self._lock:
             self._watches[id(watch)] = watch
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
-                self._thread.start()
+            if not self._started:
+                self._started = True
+                for name, period, work in (
+                    ("lease-renewal", self.period, self._renew_all),
+                    ("lease-fence", FENCE_TICK_SECONDS, self._fence_all),
+                    ("row-heartbeat", self.period * ROW_EVERY, self._record_all),
+                ):
+                    thread = threading.Thread(
+                        target=_every, args=(period, work), name=name, daemon=True
+                    )
+                    thread.start()
 
     def remove(self, watch: Watch) -> None:
-        """Stop beating for this execution."""
+        """Stop watching this execution."""
         with self._lock:
             self._watches.pop(id(watch), None)
         watch.close()
 
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.period)
-            with self._lock:
-                watches = list(self._watches.values())
-            for watch in watches:
-                watch.beat()
+    def _current(self) -> list[Watch]:
+        with self._lock:
+            return list(self._watches.values())
+
+    def _renew_all(self) -> None:
+        for watch in self._current():
+            try:
+                watch.renew(self._slots)
+            except redis.RedisError:  # out of reach: the rest would wait as long; fence decides
+                log.warning("lease renewal failed; Redis out of reach", exc_info=True)
+                return
+
+    def _fence_all(self) -> None:
+        for watch in self._current():
+            watch.fence(self.fence_after)
+
+    def _record_all(self) -> None:
+        for watch in self._current():
+            watch.beat_row()
+
+
+def _every(period: float, work: Callable[[], None]) -> None:
+    """Call `work` every `period` seconds for the life of the process."""
+    while True:
+        time.sleep(period)
+        try:
+            work()
+        except Exception:  # a heartbeat thread must survive anything
+            log.exception("heartbeat round failed")
