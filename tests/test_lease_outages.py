@@ -3,19 +3,22 @@ renew kills its own agent before anyone else may take the slot (invariants 3 and
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from producer import submit_execution
-from shared import keys
-from shared.models import Execution
+from shared import events, keys
+from shared.models import Execution, Transcript
 from shared.services import Services
 from tests.conftest import Processes, statuses, wait_for
 from tests.test_stop_and_faults import _agent_pids, _gone
+from workers import reaper
 
 
 def _lease_left_ms(client, agent: str, execution_id: str) -> float:
@@ -83,3 +86,77 @@ def test_a_worker_that_cannot_renew_kills_its_agent_before_the_lease_can_lapse(
     assert row.error.startswith("could not renew its slot lease for "), row.error
     assert row.error.endswith("s; stopped to keep the agent's limit")
     print(f"\nfenced {fenced_after:.1f} s after Redis froze (lease {settings.lease_seconds} s)")
+
+
+def test_a_run_that_ends_while_postgresql_is_away_is_recorded_completed(
+    services, settings, make_agent, processes, tmp_path
+):
+    make_agent("demo")
+    processes.workers(threads=2)
+    eid = submit_execution(services, "demo", "patient sleep=2").execution.id
+    wait_for(lambda: statuses(services, [eid])[eid] == "running", 30, message="running")
+    admin = create_engine(
+        services.engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT"
+    )
+    database = services.engine.url.database
+    record = tmp_path / "demo.record"
+    try:
+        with admin.connect() as conn:  # an outage for this database: no session, no new ones
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": database},
+            )
+        wait_for(lambda: record.exists() and '"end"' in record.read_text(), 30, message="end")
+        time.sleep(2)  # the outage goes on past the agent's end: the terminal write fails
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+    wait_for(lambda: statuses(services, [eid])[eid] != "running", 30, message="recorded")
+    with services.Session() as session:
+        row = session.get(Execution, eid)
+    assert row.status == "completed" and row.response == "demo: patient sleep=2", row.error
+    assert f"terminal write of {eid} failed; retrying" in processes.logs()
+
+
+def _running_row(services, message: str, lines: list[str]) -> str:
+    """A row left running by a worker that died after its agent printed `lines`."""
+    eid = submit_execution(services, "demo", message).execution.id
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    with services.Session.begin() as session:
+        row = session.get(Execution, eid)
+        row.status, row.attempt, row.started_at, row.heartbeat_at = (
+            "running",
+            1,
+            long_ago,
+            long_ago,
+        )
+    services.slots.release("demo", eid, 3)  # its lease lapsed
+    batch = [events.status_event(1, "running")]
+    batch += [events.line_event(i + 2, line) for i, line in enumerate(lines)]
+    events.emit(services.redis, eid, batch)
+    return eid
+
+
+def test_the_reaper_judges_a_lost_run_from_its_stream(services, make_agent):
+    make_agent("demo")
+    init = json.dumps({"type": "system", "subtype": "init", "session_id": "s1", "model": "m"})
+    result = json.dumps(
+        {"type": "result", "is_error": False, "result": "done", "total_cost_usd": 0.5}
+    )
+    done = _running_row(services, "finished", [init, result])
+    lost = _running_row(services, "cut short", [init])
+    assert sorted(reaper.fail_lost(services)) == sorted([done, lost])
+    with services.Session() as session:
+        rows = {eid: session.get(Execution, eid) for eid in (done, lost)}
+        transcript = session.get(Transcript, done).content
+    assert rows[done].status == "completed" and rows[done].response == "done"
+    assert float(rows[done].cost) == 0.5 and rows[done].claude_session_id == "s1"
+    assert transcript.splitlines() == [init, result]
+    assert rows[lost].status == "failed" and "worker lost" in rows[lost].error
+    last = events.read_stream(services.redis, done, 0)[-1]
+    assert last["status"] == "completed" and last["response"] == "done"

@@ -28,7 +28,7 @@ from workers import lifecycle
 from workers.control import StopListener
 from workers.heartbeat import Heartbeats, Watch
 from workers.runner import RunOutcome, run_agent
-from workers.stream_json import parser_for
+from workers.stream_json import outcome_fields, parser_for
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,6 +65,8 @@ _AGENT = (
     "SELECT name, command, output, workdir, env, max_parallel_tasks, timeout_seconds"
     " FROM agents WHERE name = %(name)s"
 )
+RETRY_FIRST_SECONDS = 0.1  #: first pause before the terminal write is tried again
+RETRY_MAX_SECONDS = 2.0  #: longest pause between tries (while the lease is held)
 AGENT_CACHE_SECONDS = 2.0  #: how long a worker trusts its copy of an agent's settings
 INLINE_SECONDS = 2.0  #: how long a message's thread goes on with promoted waiters itself (short:
 #: meanwhile other agents' messages wait for a thread)
@@ -282,7 +284,36 @@ class Executor:
             outcome = _start_error(exc, job)
         finally:
             self.stops.unregister(job.execution_id)
-            self.heartbeats.remove(watch)
+            watch.exited()
+        try:
+            final = self._record(job, attempt, outcome, parser, watch, transcript, events, scrub)
+        finally:
+            self.heartbeats.remove(watch)  # the lease was held until the outcome was stored
+        if final is None:
+            log.warning(
+                "execution %s attempt %s: row moved on; result discarded", job.execution_id, attempt
+            )
+            return self._release(job, events)
+        return self._release(
+            job,
+            events,
+            final_status=final.status,
+            error=final.error,
+            response=final.response,
+        )
+
+    def _record(
+        self,
+        job: Job,
+        attempt: int,
+        outcome: RunOutcome | str,
+        parser: Any,
+        watch: Watch,
+        transcript: list[str],
+        events: EventWriter,
+        scrub: Redactor,
+    ) -> Any:
+        """Judge the run and store its outcome (None: the row had moved on)."""
         status, fields = judge(job, outcome, parser.result(), watch.reason)
         if watch.reason == "unrenewed" and status is ExecutionStatus.failed:
             fields["error"] = (
@@ -296,27 +327,22 @@ class Executor:
             len(transcript),
             isinstance(outcome, RunOutcome) and outcome.truncated,
         )
-        try:
-            final = self._transaction(
-                lambda s: lifecycle.finish(s, job.execution_id, attempt, status, fields, stored)
-            )
-        except BaseException:
-            # The row stays running; the reaper will fail it and rebuild its transcript from
-            # the event stream, so the lines still lingering here must reach it first.
-            events.flush()
-            raise
-        if final is None:
-            log.warning(
-                "execution %s attempt %s: row moved on; result discarded", job.execution_id, attempt
-            )
-            return self._release(job, events)
-        return self._release(
-            job,
-            events,
-            final_status=final.status,
-            error=final.error,
-            response=fields.get("response"),
-        )
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                final = self._transaction(
+                    lambda s: lifecycle.finish(s, job.execution_id, attempt, status, fields, stored)
+                )
+                return final
+            except BaseException as exc:
+                # Lingering lines must reach the stream first: if this worker gives up, the
+                # reaper judges the run from it (a result line there means it completed).
+                events.flush()
+                if not isinstance(exc, psycopg.OperationalError) or not watch.holds_lease():
+                    raise
+            log.warning("terminal write of %s failed; retrying in %.1f s", job.execution_id, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
 
 def _job_from(config: Any, execution_id: str, submitted: int) -> Job:
@@ -373,15 +399,7 @@ def judge(
     job: Job, outcome: RunOutcome | str, parsed: Any, reason: str | None
 ) -> tuple[ExecutionStatus, dict[str, Any]]:
     """Turn a run's outcome and parsed stream into a terminal status and row fields."""
-    fields: dict[str, Any] = {
-        "response": parsed.response,
-        "model_used": parsed.model_used,
-        "cost": parsed.cost,
-        "input_tokens": parsed.input_tokens,
-        "output_tokens": parsed.output_tokens,
-        "num_turns": parsed.num_turns,
-        "claude_session_id": parsed.session_id,
-    }
+    fields = outcome_fields(parsed)
     if isinstance(outcome, str):
         return ExecutionStatus.failed, {**fields, "error": outcome}
     fields.update(exit_code=outcome.exit_code, duration_ms=outcome.duration_ms)

@@ -73,6 +73,16 @@ class Watch:
         """The runner's on_start: the agent's process group, for the fence to kill."""
         self.pid = pid
 
+    def exited(self) -> None:
+        """The agent's process is gone (and may be reaped): nothing is left for the fence to
+        kill, though it still marks a lease that goes unrenewed (the terminal write stops)."""
+        with self.fencing:
+            self.pid = None
+
+    def holds_lease(self) -> bool:
+        """False once the lease was found gone or went unrenewed past the fence."""
+        return self.reason not in ("lease", "unrenewed")
+
     def close(self) -> None:
         """No renewal or fence acts after this returns (a late renewal could restore a
         released lease; the agent's pid may be reaped and reused)."""
@@ -94,12 +104,13 @@ class Watch:
         """SIGKILL the agent's group at once if the lease went unrenewed for `fence_after` s."""
         with self.fencing:
             unrenewed = time.monotonic() - self.renewed_at
-            if self.closed or self.pid is None or unrenewed <= fence_after or self.reason:
+            if self.closed or unrenewed <= fence_after or not self.holds_lease():
                 return
             self.unrenewed_seconds = unrenewed
             self.kill("unrenewed")
-            with contextlib.suppress(ProcessLookupError):  # not on the runner's thread: it
-                os.killpg(self.pid, signal.SIGKILL)  # may be stuck on the same outage
+            if self.pid is not None:  # not left to the runner's thread: it may be stuck on the
+                with contextlib.suppress(ProcessLookupError):  # very outage that stopped us
+                    os.killpg(self.pid, signal.SIGKILL)
 
     def beat_row(self) -> None:
         """Record liveness in the row; a row no longer ours, or a stop request, stops the agent."""

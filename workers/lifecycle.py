@@ -55,14 +55,14 @@ _FINISH = (
     " completed_at = %(now)s, "
     + ", ".join(f"{name} = %({name})s" for name in OUTCOME_FIELDS if name != "error")
     + " WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s"
-    " RETURNING id, status, error"
+    " RETURNING id, status, error, response"
 )
 # The transcript goes in with the terminal write, in one round trip, and only if it won.
 _FINISH_WITH_TRANSCRIPT = (
     f"WITH done AS ({_FINISH}),"
     " saved AS (INSERT INTO transcripts (execution_id, content, line_count, truncated)"
     " SELECT id, %(content)s, %(line_count)s, %(truncated)s FROM done)"
-    " SELECT id, status, error FROM done"
+    " SELECT id, status, error, response FROM done"
 )
 _HEARTBEAT = (
     "UPDATE executions SET heartbeat_at = %(now)s"

@@ -9,16 +9,19 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from shared import events, keys
-from shared.models import Agent, Execution, Transcript, utcnow
+from shared.models import Agent, Execution, utcnow
 from shared.rebuild import ensure_epoch
 from shared.services import Services
 from shared.slots import submitted_us
-from shared.states import ExecutionStatus
+from shared.states import AgentOutput, ExecutionStatus
+from workers import lifecycle
+from workers.stream_json import outcome_fields, parser_for
 
 log = logging.getLogger(__name__)
 
@@ -72,64 +75,56 @@ def _known_to_redis(services: Services, agent: str, execution_id: str) -> bool:
 
 
 def fail_lost(services: Services) -> list[str]:
-    """Fail running rows whose lease is gone: their worker died or was paused past its lease.
+    """Settle running rows whose lease is gone: their worker died, or was paused past its lease.
 
-    The transcript is rebuilt from the event stream, and the terminal event is published.
+    The run is judged from its event stream: a Claude-shaped run whose stream holds a
+    successful `result` line completed (its worker lost the database, or died, after the
+    agent's work was done); any other is failed as `worker lost`. The transcript is rebuilt
+    from the stream, and the terminal event is published.
     """
     grace = utcnow() - timedelta(seconds=services.settings.lease_seconds)
+    settled = []
     with services.Session.begin() as session:
         rows = session.execute(
-            select(Execution.id, Execution.agent_name, Execution.attempt)
+            select(Execution.id, Execution.agent_name, Execution.attempt, Agent.output)
+            .join(Agent, Agent.name == Execution.agent_name)
             .where(
                 Execution.status == ExecutionStatus.running.value,
                 Execution.started_at < grace,
                 or_(Execution.heartbeat_at.is_(None), Execution.heartbeat_at < grace),
             )
             .limit(BATCH)
-            .with_for_update(skip_locked=True)
+            .with_for_update(of=Execution, skip_locked=True)
         ).all()
-        lost = [
-            (eid, attempt)
-            for eid, agent, attempt in rows
-            if services.redis.zscore(keys.slots(agent), eid) is None
-        ]
-        for eid, attempt in lost:
-            _fail(services, session, eid, attempt)
-    for eid, _ in lost:
+        for eid, agent, attempt, output in rows:
+            if services.redis.zscore(keys.slots(agent), eid) is None:
+                final = _settle(services, session, eid, attempt, output)
+                if final is not None:
+                    settled.append(final)
+    for final in settled:
+        extra = {"error": final.error, "response": final.response}
+        last = events.last_event_id(services.redis, final.id)
         events.emit(
-            services.redis,
-            eid,
-            [
-                events.status_event(
-                    events.last_event_id(services.redis, eid) + 1,
-                    ExecutionStatus.failed.value,
-                    error=WORKER_LOST,
-                )
-            ],
-            final=True,
+            services.redis, final.id, [events.status_event(last + 1, final.status, **extra)], True
         )
-    return [eid for eid, _ in lost]
+    return [final.id for final in settled]
 
 
-def _fail(services: Services, session: Session, execution_id: str, attempt: int) -> None:
-    session.execute(
-        update(Execution)
-        .where(
-            Execution.id == execution_id,
-            Execution.attempt == attempt,
-            Execution.status == ExecutionStatus.running.value,
-        )
-        .values(status=ExecutionStatus.failed.value, error=WORKER_LOST, completed_at=utcnow())
-    )
+def _settle(
+    services: Services, session: Session, execution_id: str, attempt: int, output: str
+) -> Any:
+    """Store the outcome the stream shows (compare-and-set on the attempt); the written row."""
     lines = events.stream_lines(services.redis, execution_id)
-    session.merge(
-        Transcript(
-            execution_id=execution_id,
-            content="\n".join(lines),
-            line_count=len(lines),
-            truncated=False,
-        )
-    )
+    status, fields = ExecutionStatus.failed, {"error": WORKER_LOST}
+    if output == AgentOutput.claude_stream_json.value:
+        parser = parser_for(output)
+        for line in lines:
+            parser.feed(line)
+        parsed = parser.result()
+        if parsed.has_result and not parsed.is_error:
+            status, fields = ExecutionStatus.completed, outcome_fields(parsed)
+    transcript = ("\n".join(lines), len(lines), False)
+    return lifecycle.finish(session, execution_id, attempt, status, fields, transcript)
 
 
 def promote(services: Services) -> list[str]:

@@ -161,6 +161,19 @@ class TextParser:
         return ParsedRun(response=text, has_result=True)
 
 
+def outcome_fields(parsed: ParsedRun) -> dict[str, Any]:
+    """The execution columns a parsed run fills (all but status, error and exit code)."""
+    return {
+        "response": parsed.response,
+        "model_used": parsed.model_used,
+        "cost": parsed.cost,
+        "input_tokens": parsed.input_tokens,
+        "output_tokens": parsed.output_tokens,
+        "num_turns": parsed.num_turns,
+        "claude_session_id": parsed.session_id,
+    }
+
+
 def parser_for(output: str) -> StreamJsonParser | TextParser:
     """Return a fresh parser for an agent's output format."""
     if output == STREAM_JSON:
