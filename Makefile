@@ -1,7 +1,7 @@
 # Thin wrappers; the commands themselves are in README.md.
 PY ?= .venv/bin/python
 
-.PHONY: install lint test up bench
+.PHONY: install lint test fuzz up bench
 
 install:
 	python3 -m venv .venv && $(PY) -m pip install -e '.[dev]'
@@ -11,6 +11,14 @@ lint:
 
 test:
 	$(PY) -m pytest -q
+
+# A longer fuzz of the OpenAPI spec than the test suite's: FUZZ_EXAMPLES per operation and
+# generation mode, a new seed each run (FUZZ_SEED=fixed repeats the suite's own examples).
+FUZZ_EXAMPLES ?= 300
+FUZZ_SEED ?= random
+fuzz:
+	AGX_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) AGX_FUZZ_SEED=$(FUZZ_SEED) \
+		$(PY) -m pytest -q -s --timeout 3600 tests/test_fuzz.py
 
 up:
 	.venv/bin/agx up

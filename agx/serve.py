@@ -1,10 +1,17 @@
-"""Serving the API with gunicorn's threaded workers (what flask-sock supports)."""
+"""Serving the API with gunicorn's threaded workers (what simple-websocket supports)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+
+#: gunicorn refuses, before the app sees them and as text/html (not the API's JSON errors), a
+#: request line over this (414), more header fields than this (431) or a longer field (431).
+#: These are gunicorn's defaults, set here so that /openapi.json and the README stay true.
+LIMIT_REQUEST_LINE = 4094
+LIMIT_REQUEST_FIELDS = 100
+LIMIT_REQUEST_FIELD_SIZE = 8190
 
 
 class ApiServer(BaseApplication):  # type: ignore[misc]
@@ -21,6 +28,9 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
             "keepalive": 5,
             "accesslog": None,
             "loglevel": "warning",
+            "limit_request_line": LIMIT_REQUEST_LINE,
+            "limit_request_fields": LIMIT_REQUEST_FIELDS,
+            "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
         }
         super().__init__()
 

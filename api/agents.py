@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from api.context import principal, require_admin, require_agent_visible, services
+from api.context import admin_only, principal, require_admin, require_agent_visible, services
 from api.serialize import execution_dict, links
 from api.validation import json_body
 from producer import submit_execution
@@ -44,10 +44,10 @@ def list_agents() -> Any:
 
 
 @bp.post("")
+@admin_only
 @json_body(AgentSpec)
 def create_agent(body: AgentSpec) -> Any:
     """Create an agent (admin)."""
-    require_admin()
     exists = Conflict(f"agent '{body.name}' already exists; PATCH it instead")
     try:
         with services().Session.begin() as session:
@@ -71,10 +71,10 @@ def get_agent(name: str) -> Any:
 
 
 @bp.patch("/<name>")
+@admin_only
 @json_body(AgentPatch)
 def patch_agent(name: str, body: AgentPatch) -> Any:
     """Change some fields of an agent (admin)."""
-    require_admin()
     with services().Session.begin() as session:
         agent = _agent(session, name, lock=True)
         for key, value in agent_values(body).items():

@@ -28,16 +28,17 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["agx"] = services
     app.extensions["agx_hub"] = Hub(services.redis)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024  # bodies are small; 100 KB messages fit
-    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
-    # Several API processes must share AGX_SECRET_KEY for session cookies to work across them.
+    # Browser sessions are rows (api/session.py), not Flask's signed cookie, which is unused.
     app.secret_key = settings.secret_key or secrets.token_hex(32)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    from api import agents, executions, health, openapi, schedules, session, streams
+    from api import agents, executions, guard, health, openapi, schedules, session, streams
+    from api.validation import register as guard_input
 
+    guard.init_app(app)  # before the blueprints' own hooks: authenticate first, always
+    guard_input(app)  # then refuse NUL in paths and query strings, on every route
     for module in (agents, executions, health, openapi, schedules, session, streams):
         app.register_blueprint(module.bp)
-    streams.sock.init_app(app)
     _register_errors(app)
     return app
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from flask import current_app, g, request, session
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from shared.apikeys import Principal, authenticate, authenticate_hash
+from flask import current_app, g, request
+
+from shared.apikeys import Principal, authenticate, authenticate_session
 from shared.errors import AgxError, NotFound
 from shared.services import Services
 
@@ -37,21 +41,46 @@ def bearer_token() -> str | None:
     return None
 
 
+#: The browser-session cookie: a random token, nothing derived from the key.
+SESSION_COOKIE = "agx_session"
+
+
 def principal() -> Principal:
-    """The authenticated caller, checked once per request."""
+    """The authenticated caller (bearer key, else session cookie), checked once per request."""
     if "principal" not in g:
         token = bearer_token()
+        cookie = None if token else request.cookies.get(SESSION_COOKIE)
         found = None
-        if token:
+        if token or cookie:
             with services().Session() as db:
-                found = authenticate(db, token)
-        elif session.get("key_hash"):
-            with services().Session() as db:
-                found = authenticate_hash(db, session["key_hash"])
+                found = authenticate(db, token) if token else authenticate_session(db, cookie or "")
         if found is None:
-            raise Unauthorized("a valid API key is required: send 'Authorization: Bearer <key>'")
-        g.principal = found
+            raise Unauthorized(
+                "a valid API key is required: send 'Authorization: Bearer <key>'"
+                " or sign in with POST /api/session"
+            )
+        g.principal, g.session_token = found, cookie
     return g.principal
+
+
+def session_token() -> str | None:
+    """The browser-session token that authenticated this request; None for a bearer key."""
+    principal()
+    return g.session_token
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def admin_only(view: F) -> F:
+    """Decorate a view (above its body parser): 403 for a non-admin key before any parsing."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        require_admin()
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def require_admin() -> Principal:

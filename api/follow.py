@@ -29,19 +29,26 @@ def is_terminal(event: Event) -> bool:
 def follow(
     services: Services, hub: Hub, execution_id: str, after: int = 0, keepalive_seconds: float = 15.0
 ) -> Iterator[list[Event]]:
-    """Yield batches of events with id > after, in order, the last ending with the terminal one.
+    """Yield batches of events with id > after, in order, until the execution has ended.
 
-    An empty batch is a keepalive.
+    The last batch ends with the terminal status event, unless the client had it already
+    (`after` at or beyond the end of a finished run): then it ends at once, having yielded
+    nothing, and the row has the status. An empty batch is a keepalive.
     """
     sub = hub.subscribe(execution_id)  # subscribe first: nothing published later is missed
     last = after
     try:
         while True:
-            for batch in _catch_up(services, execution_id, last):
+            for batch in _from_stream(services, execution_id, last):
                 yield batch
                 last = batch[-1]["id"]
                 if is_terminal(batch[-1]):
                     return
+            rest = _stored_after(services, execution_id, last)
+            if rest is not None:  # finished: the stored events are all there will ever be
+                for start in range(0, len(rest), STORED_BATCH):
+                    yield rest[start : start + STORED_BATCH]
+                return
             sub.clear_lag()
             for batch in _live(sub, last, keepalive_seconds):
                 yield batch
@@ -54,19 +61,20 @@ def follow(
         hub.unsubscribe(sub)
 
 
-def _catch_up(services: Services, execution_id: str, after: int) -> Iterator[list[Event]]:
-    """From the Redis stream; once it has nothing newer, from PostgreSQL if the run ended."""
+def _from_stream(services: Services, execution_id: str, after: int) -> Iterator[list[Event]]:
+    """What the Redis stream holds after `after`, up to its terminal event."""
     last = after
     while batch := events.read_stream(services.redis, execution_id, last, CATCH_UP_BATCH):
         yield batch
         last = batch[-1]["id"]
         if is_terminal(batch[-1]):
             return
+
+
+def _stored_after(services: Services, execution_id: str, after: int) -> list[Event] | None:
+    """A finished execution's events after `after` (from PostgreSQL); None while it runs."""
     stored = _stored_events(services, execution_id)
-    if stored is not None:
-        rest = [e for e in stored if e["id"] > last]
-        for start in range(0, len(rest), STORED_BATCH):
-            yield rest[start : start + STORED_BATCH]
+    return None if stored is None else [e for e in stored if e["id"] > after]
 
 
 def _stored_events(services: Services, execution_id: str) -> list[Event] | None:

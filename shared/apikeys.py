@@ -1,15 +1,23 @@
-"""API keys: random bearer tokens stored as SHA-256 hashes, admin or scoped to agents."""
+"""API keys: random bearer tokens stored as SHA-256 hashes, admin or scoped to agents.
+
+A browser signs in with a key and gets a session: a random token of its own (kept as a
+SHA-256 hash, like keys) that acts with its key's current role and scope until it is
+signed out, expires or its key is deleted.
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import ApiKey
+from shared.models import ApiKey, BrowserSession, utcnow
 
 KEY_PREFIX = "agx_"
 
@@ -64,12 +72,60 @@ def ensure_admin_key(session: Session, key: str, name: str = "admin") -> bool:
 
 def authenticate(session: Session, key: str) -> Principal | None:
     """The principal for a presented key, or None."""
-    return authenticate_hash(session, hash_key(key))
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+    return _principal(row) if row else None
 
 
-def authenticate_hash(session: Session, key_hash: str) -> Principal | None:
-    """The principal for a key's hash (as kept in a signed session cookie), or None."""
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+def _principal(row: ApiKey) -> Principal:
+    return Principal(row.name, row.role, tuple(row.agents or ()))
+
+
+def start_session(session: Session, key: str, lifetime: timedelta) -> tuple[str, Principal] | None:
+    """Store a browser session for a valid key; returns (its plain token, the principal)."""
+    # FOR KEY SHARE: a key deleted at the same moment waits, so the insert cannot dangle.
+    row = session.scalar(
+        select(ApiKey)
+        .where(ApiKey.key_hash == hash_key(key))
+        .with_for_update(read=True, key_share=True)
+    )
     if row is None:
         return None
-    return Principal(row.name, row.role, tuple(row.agents or ()))
+    now = utcnow()
+    ended = or_(BrowserSession.expires_at <= now, BrowserSession.revoked_at.is_not(None))
+    session.execute(delete(BrowserSession).where(BrowserSession.api_key_id == row.id, ended))
+    token = secrets.token_urlsafe(32)
+    session.add(
+        BrowserSession(
+            token_hash=hash_key(token), api_key_id=row.id, created_at=now, expires_at=now + lifetime
+        )
+    )
+    return token, _principal(row)
+
+
+def authenticate_session(session: Session, token: str) -> Principal | None:
+    """The principal of a live browser session (its key's current role and scope), or None."""
+    row = session.scalar(
+        select(ApiKey)
+        .join(BrowserSession, BrowserSession.api_key_id == ApiKey.id)
+        .where(
+            BrowserSession.token_hash == hash_key(token),
+            BrowserSession.revoked_at.is_(None),
+            BrowserSession.expires_at > utcnow(),
+        )
+    )
+    return _principal(row) if row else None
+
+
+def end_session(session: Session, token: str) -> None:
+    """Revoke a browser session: its cookie, and every copy of it, stops working at once."""
+    session.execute(
+        update(BrowserSession)
+        .where(BrowserSession.token_hash == hash_key(token), BrowserSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+
+
+def csrf_token(session_token: str) -> str:
+    """The CSRF token bound to a browser session (derived, so it need not be stored)."""
+    digest = hmac.new(session_token.encode(), b"agx-csrf", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")

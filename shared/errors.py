@@ -57,3 +57,19 @@ class QueueFull(AgxError):
 
     status = 429
     code = "queue_full"
+
+
+class TooManyStreams(AgxError):
+    """The caller's key already holds as many live streams as it may in this API process."""
+
+    status = 429
+    code = "too_many_streams"
+    retry_after_seconds = 1
+
+
+class StreamsBusy(AgxError):
+    """This API process already serves as many live streams as it may; another may not."""
+
+    status = 503
+    code = "streams_busy"
+    retry_after_seconds = 1

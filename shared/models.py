@@ -224,6 +224,22 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class BrowserSession(Base):
+    """A signed-in browser: the SHA-256 of its random cookie token, ended by sign-out or expiry."""
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Its key's current role and scope apply on every request; deleting the key ends it.
+    api_key_id: Mapped[str] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
 class ScheduleFire(Base):
     """One due time of a schedule and what became of it; the unique key admits one record."""
 

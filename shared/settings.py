@@ -20,6 +20,13 @@ def normalize_database_url(url: str) -> str:
     raise ValueError(f"AGX_DATABASE_URL must be a PostgreSQL URL, got {url.split('://')[0]}://")
 
 
+def _positive_int(name: str, raw: str) -> int:
+    """A whole number of at least 1 from the environment, or a clear startup error."""
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {raw!r}")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a process needs to find its services and tune its behaviour."""
@@ -39,6 +46,11 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     secret_key: str | None = None  #: signs session cookies; share it across API processes
     worker_id: str | None = None
+    #: open SSE + websocket streams one API key may hold in one API process (then 429)
+    max_streams_per_key: int = 8
+    #: open streams in one API process, all keys together (then 503); keep it below the
+    #: process's threads (32) so that short requests and /healthz always find one
+    max_streams: int = 24
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -71,6 +83,11 @@ class Settings:
             raw = env.get("AGX_" + name.upper())
             if raw:
                 settings = replace(settings, **{name: float(raw)})  # type: ignore[arg-type]
+        for name in ("max_streams_per_key", "max_streams"):
+            raw = env.get("AGX_" + name.upper())
+            if raw:
+                value = _positive_int("AGX_" + name.upper(), raw)
+                settings = replace(settings, **{name: value})  # type: ignore[arg-type]
         return settings
 
     @property

@@ -78,3 +78,12 @@ def test_a_cursor_holding_a_nul_or_foreign_id_is_422(client):
         cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
         resp = client.get("/api/executions", query_string={"cursor": cursor})
         assert resp.status_code == 422 and resp.json["error"]["field"] == "cursor"
+
+
+def test_a_scoped_key_gets_403_on_admin_calls_whatever_the_body(client, services, make_agent):
+    make_agent("alpha")
+    with services.Session.begin() as session:
+        key = create_key(session, "scoped", ["alpha"])
+    scoped = app_client(services, key)
+    assert scoped.post("/api/agents", json={"name": 5}).status_code == 403
+    assert scoped.patch("/api/agents/alpha", json={"bogus": 1}).status_code == 403
