@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -249,12 +248,11 @@ def keys() -> None:
 
 
 def _key_name(_ctx: Any, _param: Any, value: str) -> str:
+    from shared.apikeys import KEY_NAME, KEY_NAME_RULE
+
     if not KEY_NAME.fullmatch(value):
-        raise click.BadParameter("use 1-64 letters, digits, '.', '_', '@' or '-'")
+        raise click.BadParameter(KEY_NAME_RULE)
     return value
-
-
-KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")  #: names appear in `source`
 
 
 @keys.command("create")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,6 +21,9 @@ from sqlalchemy.orm import Session
 from shared.models import ApiKey, BrowserSession, utcnow
 
 KEY_PREFIX = "agx_"
+#: Key names appear in every execution a key submits (`source`): short and plain.
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+KEY_NAME_RULE = "use 1-64 letters, digits, '.', '_', '@' or '-'"
 
 
 def hash_key(key: str) -> str:
@@ -49,6 +53,8 @@ def create_key(
     session: Session, name: str, agents: list[str] | None = None, key: str | None = None
 ) -> str:
     """Store a new key (admin, or scoped to `agents`); returns the plain key, shown once."""
+    if not KEY_NAME.fullmatch(name):
+        raise ValueError(f"key name {name[:80]!r}: {KEY_NAME_RULE}")
     key = key or KEY_PREFIX + secrets.token_urlsafe(32)
     session.add(
         ApiKey(

@@ -7,8 +7,8 @@ import base64
 import pytest
 from click.testing import CliRunner
 
-from shared.apikeys import create_key
-from shared.models import Agent, Execution
+from shared.apikeys import create_key, hash_key
+from shared.models import Agent, ApiKey, Execution
 from tests.conftest import app_client, worker_env
 
 GOOD = {"name": "pricey", "command": ["x"]}
@@ -27,8 +27,9 @@ def test_a_price_that_does_not_fit_is_422_on_create_and_patch(client, services, 
 
 def test_a_key_with_a_very_long_name_still_submits(client, services, make_agent):
     make_agent("demo")
-    with services.Session.begin() as session:
-        key = create_key(session, "k" * 198, ["demo"])
+    key = "agx_long-named-key-made-before-names-were-bounded"
+    with services.Session.begin() as session:  # stored before names were bounded
+        session.add(ApiKey(name="k" * 198, key_hash=hash_key(key), role="agent", agents=["demo"]))
     resp = app_client(services, key).post("/api/agents/demo/task", json={"message": "hi"})
     assert resp.status_code == 202, resp.json
     with services.Session() as session:
