@@ -212,7 +212,7 @@ def test_grandchild_leaves_a_running_child_and_prints_its_pid(started: list) -> 
     os.kill(pid, 0)  # still there after its parent exited; the fixture kills the group
 
 
-def test_record_appends_a_start_and_an_end_event_per_run(tmp_path: Path) -> None:
+def test_record_appends_start_result_and_end_events_per_run(tmp_path: Path) -> None:
     path = tmp_path / "record.jsonl"
     env = {**ENV, demo_agent.RECORD_ENV: str(path)}
     run_demo("one", env=env)
@@ -220,8 +220,10 @@ def test_record_appends_a_start_and_an_end_event_per_run(tmp_path: Path) -> None
     events = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(e["event"], e["message"]) for e in events] == [
         ("start", "one"),
+        ("result", "one"),
         ("end", "one"),
         ("start", "two exit=1"),
+        ("result", "two exit=1"),
         ("end", "two exit=1"),
     ]
     assert all(isinstance(e["t"], float) and isinstance(e["pid"], int) for e in events)

@@ -21,7 +21,8 @@ def _records(path: Path) -> list[dict]:
 
 
 def _max_overlap(records: list[dict]) -> int:
-    events = sorted((r["t"], 1 if r["event"] == "start" else -1) for r in records)
+    edges = [r for r in records if r["event"] in ("start", "end")]
+    events = sorted((r["t"], 1 if r["event"] == "start" else -1) for r in edges)
     # ends sort before starts at equal times, so back-to-back runs do not count as overlap
     events.sort(key=lambda e: (e[0], e[1]))
     running = peak = 0

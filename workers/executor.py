@@ -253,8 +253,10 @@ class Executor:
         def on_line(line: str) -> None:
             line = scrub(line)
             transcript.append(line)
-            parser.feed(line)
+            event = parser.feed(line)
             events.line(line)
+            if event is not None and event.get("type") == "result":
+                events.flush()  # now: if this worker dies, the reaper judges the run by it
 
         watch = Watch(
             self.services,
@@ -412,6 +414,8 @@ def judge(
 
 
 def _error(job: Job, outcome: RunOutcome, parsed: Any, reason: str | None) -> str | None:
+    if reason in ("lease", "unrenewed") and parsed.has_result and not parsed.is_error:
+        return None  # the agent's work was done (its result is in) before the kill
     if reason == "lease":
         return "slot lease lost (worker paused or Redis reset); agent killed"
     if reason == "unrenewed" and outcome.exit_code != 0:  # killed by the fence, not done

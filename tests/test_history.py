@@ -1,0 +1,234 @@
+"""A history check: steady submissions to agents that run longer than the lease, two worker
+pools, and a fault every few seconds; then every invariant is checked against what happened.
+
+Faults, each once (`bench`-length runs repeat them): kill -9 of one worker process, Redis
+frozen past the lease, a PostgreSQL outage for the agx database, kill -9 of a whole pool's
+process group (started again at once). Agents are sampled every 50 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+from sqlalchemy import create_engine, text
+
+from producer import submit_execution
+from shared.errors import QueueFull
+from shared.models import Agent, Execution
+from shared.services import Services
+from tests.conftest import Processes, wait_for
+
+LIMITS = {"h2": 2, "h3": 3}  #: agent -> max_parallel_tasks
+LEASE_SECONDS = 6.0
+SUBMIT_EVERY_SECONDS = 0.8
+
+
+class Sampler(threading.Thread):
+    """Counts each agent's live processes every 50 ms; remembers the worst instant."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak: Counter[str] = Counter()
+        self.over: list[tuple[str, int]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            for agent, count in agent_processes().items():
+                self.peak[agent] = max(self.peak[agent], len(count))
+                if len(count) > LIMITS[agent]:
+                    self.over.append((agent, len(count)))
+
+
+def agent_processes() -> dict[str, list[int]]:
+    """Live agent processes (not zombies) by agent, told by the tag in their argv."""
+    found: dict[str, list[int]] = {name: [] for name in LIMITS}
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            args = proc.info["cmdline"] or []
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            for name in LIMITS:
+                if f"--history-agent={name}" in args:
+                    found[name].append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _submitter(svc: Services, accepted: list[str], stop: threading.Event) -> None:
+    rng = random.Random(7)
+    i = 0
+    while not stop.wait(SUBMIT_EVERY_SECONDS):
+        i += 1
+        agent = rng.choice(sorted(LIMITS))
+        try:
+            eid = submit_execution(svc, agent, f"h{i} sleep={rng.uniform(3, 7):.1f}").execution.id
+        except (QueueFull, Exception):  # refused or the database away: nothing was accepted
+            continue
+        accepted.append(eid)
+
+
+def _is_agent(proc: psutil.Process) -> bool:
+    try:
+        return "--history-agent" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _busy_worker(pool: psutil.Process) -> psutil.Process | None:
+    """A worker process of the pool that is running an agent now."""
+    for proc in pool.children(recursive=True):
+        if not _is_agent(proc) and any(_is_agent(c) for c in proc.children()):
+            return proc
+    return None
+
+
+def _postgres_outage(svc: Services, seconds: float) -> None:
+    admin = create_engine(svc.engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    database = svc.engine.url.database
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": database},
+            )
+        time.sleep(seconds)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+
+
+def _orphans_of(killed: list[int]) -> list[int]:
+    """Agent processes among `killed`'s descendants still alive 2 s after the kill."""
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        alive = [p for p in killed if psutil.pid_exists(p) and not _zombie(p)]
+        if not alive:
+            return []
+        time.sleep(0.05)
+    return alive
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def test_a_history_with_faults_keeps_every_invariant(
+    services, settings, private_redis, tmp_path: Path
+):
+    own = replace(
+        settings,
+        redis_url=private_redis.url,
+        lease_seconds=LEASE_SECONDS,
+        heartbeat_seconds=1.0,
+        redispatch_after_seconds=3.0,
+    )
+    if not own.effective_broker_url.startswith("amqp"):
+        own = replace(own, broker_url=private_redis.url)
+    with services.Session.begin() as session:
+        for name, limit in LIMITS.items():
+            session.add(
+                Agent(
+                    name=name,
+                    command=[sys.executable, "-m", "agx.demo_agent", f"--history-agent={name}"],
+                    max_parallel_tasks=limit,
+                    queue_limit=40,
+                    env={"AGX_DEMO_RECORD": str(tmp_path / "history.record")},
+                )
+            )
+    svc = Services(own, pool_size=3)
+    procs = Processes(own, tmp_path)
+    sampler, stop, accepted = Sampler(), threading.Event(), []
+    orphans: list[int] = []
+    frozen = False
+    try:
+        pools = [procs.workers(threads=4), procs.workers(threads=4)]
+        procs.start("reaper", "--interval", "0.5")
+        sampler.start()
+        submitter = threading.Thread(target=_submitter, args=(svc, accepted, stop), daemon=True)
+        submitter.start()
+        time.sleep(8)
+
+        pool = psutil.Process(pools[0].pid)  # 1. kill -9 of one worker process
+        worker = wait_for(lambda: _busy_worker(pool), 30, message="a busy worker")
+        agents = [c.pid for c in worker.children(recursive=True)]
+        worker.kill()
+        orphans += _orphans_of(agents)
+        time.sleep(5)
+
+        os.kill(private_redis.proc.pid, signal.SIGSTOP)  # 2. Redis frozen past the lease
+        frozen = True
+        time.sleep(LEASE_SECONDS + 2)
+        os.kill(private_redis.proc.pid, signal.SIGCONT)
+        frozen = False
+        time.sleep(5)
+
+        _postgres_outage(svc, 3)  # 3. PostgreSQL away for 3 s
+        time.sleep(5)
+
+        pool = psutil.Process(pools[1].pid)  # 4. kill -9 of a whole pool's group
+        agents = [c.pid for c in pool.children(recursive=True) if _is_agent(c)]
+        os.killpg(pools[1].pid, signal.SIGKILL)
+        orphans += _orphans_of(agents)
+        procs.workers(threads=4)
+        time.sleep(5)
+        stop.set()
+        submitter.join(30)
+
+        def settled() -> bool:
+            with services.Session() as session:
+                rows = session.query(Execution.status).filter(Execution.id.in_(accepted)).all()
+            live = [s for (s,) in rows if s in ("pending", "running")]
+            return len(rows) == len(accepted) and not live
+
+        wait_for(settled, 180, 0.5, "every accepted execution settled")
+    finally:
+        stop.set()
+        sampler.done.set()
+        if frozen:
+            os.kill(private_redis.proc.pid, signal.SIGCONT)
+        procs.stop_all()
+        svc.close()
+        for pids in agent_processes().values():  # never leave agents to the next test
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    with services.Session() as session:
+        rows = {e.id: e for e in session.query(Execution).filter(Execution.id.in_(accepted))}
+    records = [json.loads(line) for line in (tmp_path / "history.record").read_text().splitlines()]
+    starts = Counter(r["message"] for r in records if r["event"] == "start")
+    succeeded = {r["message"] for r in records if r["event"] == "result"}
+    outcomes = Counter(e.status for e in rows.values())
+    print(f"\n{len(accepted)} accepted: {dict(outcomes)}; peaks {dict(sampler.peak)}")
+    assert len(accepted) > 30, "a steady history"
+    assert not sampler.over, f"over an agent's limit: {sampler.over[:5]}"
+    assert set(rows) == set(accepted), "nothing accepted was lost"
+    assert not [m for m, n in starts.items() if n > 1], "nothing ran twice"
+    assert not orphans, "no agent outlived its worker"
+    wrong = [
+        (e.message, e.error)
+        for e in rows.values()
+        if e.message in succeeded and e.status != "completed"
+    ]
+    assert not wrong, f"agents that succeeded, recorded otherwise: {wrong}"
