@@ -1,7 +1,7 @@
 # Thin wrappers; the commands themselves are in README.md.
 PY ?= .venv/bin/python
 
-.PHONY: install lint test fuzz up bench
+.PHONY: install lint test fuzz history up bench
 
 install:
 	python3 -m venv .venv && $(PY) -m pip install -e '.[dev]'
@@ -25,3 +25,8 @@ up:
 
 bench:
 	$(PY) bench/throughput.py
+
+# The history check with more fault rounds than the suite's one (about 25 s per round).
+HISTORY_ROUNDS ?= 10
+history:
+	AGX_HISTORY_ROUNDS=$(HISTORY_ROUNDS) $(PY) -m pytest -q -s --timeout 3600 tests/test_history.py
