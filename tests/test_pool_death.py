@@ -12,7 +12,7 @@ from tests.conftest import statuses, wait_for
 from tests.test_stop_and_faults import _agent_pids, _gone, _grandchild_pid
 
 
-def test_sigkill_to_the_whole_pool_group_kills_its_agents(
+def test_sigkill_to_the_whole_pool_group_kills_its_agents_and_what_they_started(
     client, services, make_agent, processes, tmp_path
 ):
     make_agent("demo", max_parallel_tasks=2)
@@ -32,8 +32,48 @@ def test_sigkill_to_the_whole_pool_group_kills_its_agents(
     assert all(psutil.Process(a).pid != pool.pid for a in agents)
     os.killpg(pool.pid, signal.SIGKILL)  # the pool's whole process group, subreaper included
     try:
-        wait_for(lambda: all(_gone(p) for p in agents), 10, message="agents die with the pool")
+        wait_for(
+            lambda: all(_gone(p) for p in agents + grandchildren),
+            10,
+            message="agents and their children die with the pool",
+        )
     finally:
         for pid in agents + grandchildren:  # never leave them to the next test
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_sigkill_to_one_worker_kills_what_its_agent_started_and_the_pool_goes_on(
+    client, services, make_agent, processes, tmp_path
+):
+    make_agent("demo", max_parallel_tasks=1)
+    pool = processes.workers(threads=2)
+    eid = client.post(
+        "/api/agents/demo/task", json={"message": "one grandchild lines=1 sleep=60"}
+    ).json["execution_id"]
+    grandchild = wait_for(lambda: _grandchild_pid(services, eid), 30, message="grandchild")
+    agent = [p for p in _agent_pids(str(tmp_path / "demo.record")) if p != grandchild][0]
+    try:
+        os.kill(psutil.Process(agent).ppid(), signal.SIGKILL)
+        wait_for(lambda: _gone(agent) and _gone(grandchild), 10, message="both die")
+    finally:
+        for pid in (agent, grandchild):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert pool.poll() is None, "the pool lives on"
+
+
+def test_the_guardian_leaves_with_the_pool(processes, services):
+    pool = processes.workers(threads=1)
+    guardian = wait_for(
+        lambda: [p for p in psutil.process_iter(["cmdline"]) if _guards(p, pool.pid)],
+        30,
+        message="the guardian",
+    )[0]
+    os.killpg(pool.pid, signal.SIGKILL)
+    guardian.wait(10)  # raises if it is still there
+
+
+def _guards(proc: psutil.Process, pool_pid: int) -> bool:
+    args = proc.info["cmdline"] or []
+    return "agx.guardian" in args and any(f"agx-guard-{pool_pid}-" in a for a in args)

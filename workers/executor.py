@@ -26,6 +26,7 @@ from shared.states import AgentOutput, ExecutionStatus
 from shared.stopping import STOPPED_ERROR
 from workers import lifecycle
 from workers.control import StopListener
+from workers.groups import GroupRegistry
 from workers.heartbeat import Heartbeats, Watch
 from workers.runner import RunOutcome, run_agent
 from workers.stream_json import outcome_fields, parser_for
@@ -79,6 +80,7 @@ class Executor:
         self.services = services
         self.stops = StopListener(services.redis)
         self.heartbeats = Heartbeats(services)
+        self.groups = GroupRegistry.from_env()
         self._agents: dict[str, tuple[float, Any]] = {}
         self.stopping = threading.Event()  #: set when the worker shuts down: promote, not run
 
@@ -250,6 +252,10 @@ class Executor:
 
         scrub = Redactor(job.env.values())
 
+        def on_start(pid: int) -> None:
+            watch.started(pid)
+            self.groups.started(pid)
+
         def on_line(line: str) -> None:
             line = scrub(line)
             transcript.append(line)
@@ -280,13 +286,14 @@ class Executor:
                 env=job.env,
                 max_total_bytes=MAX_STORED_BYTES,
                 on_flush=events.tick,
-                on_start=watch.started,
+                on_start=on_start,
             )
         except OSError as exc:
             outcome = _start_error(exc, job)
         finally:
             self.stops.unregister(job.execution_id)
-            watch.exited()
+            if (pid := watch.exited()) is not None:
+                self.groups.ended(pid)  # the runner killed the whole group on its way out
         try:
             final = self._record(job, attempt, outcome, parser, watch, transcript, events, scrub)
         finally:

@@ -73,11 +73,13 @@ class Watch:
         """The runner's on_start: the agent's process group, for the fence to kill."""
         self.pid = pid
 
-    def exited(self) -> None:
+    def exited(self) -> int | None:
         """The agent's process is gone (and may be reaped): nothing is left for the fence to
-        kill, though it still marks a lease that goes unrenewed (the terminal write stops)."""
+        kill, though it still marks a lease that goes unrenewed (the terminal write stops).
+        Returns the pid it had, if it started."""
         with self.fencing:
-            self.pid = None
+            pid, self.pid = self.pid, None
+        return pid
 
     def holds_lease(self) -> bool:
         """False once the lease was found gone or went unrenewed past the fence."""

@@ -1,0 +1,61 @@
+"""Telling the pool's guardian which agent process groups this worker process has running.
+
+`agx workers` starts a guardian in a session of its own, outside the pool's process group:
+a `kill -9` of the whole pool does not reach it. Each worker process holds one connection to
+it and announces every agent's process group when it starts (`+PGID`) and once it is dead
+(`-PGID`). When a connection closes with groups still announced, its worker died: the
+guardian SIGKILLs those groups at once, so what the agents started dies with them even when
+no subreaper of the pool is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+log = logging.getLogger(__name__)
+
+SOCKET_ENV = "AGX_GROUP_GUARD"  #: the guardian's abstract Unix socket name, set by agx workers
+
+
+class GroupRegistry:
+    """This process's connection to the guardian (none outside `agx workers`)."""
+
+    def __init__(self, address: str | None):
+        self._address = address
+        self._sock: socket.socket | None = None
+        self._pid = os.getpid()  # a forked child must open a connection of its own
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> GroupRegistry:
+        """The registry for the guardian named in the environment, if any."""
+        return cls(os.environ.get(SOCKET_ENV) or None)
+
+    def started(self, pgid: int) -> None:
+        """An agent's process group now exists."""
+        self._send(f"+{pgid}\n")
+
+    def ended(self, pgid: int) -> None:
+        """An agent's process group was killed whole: nothing of it is left to guard."""
+        self._send(f"-{pgid}\n")
+
+    def _send(self, line: str) -> None:
+        if self._address is None:
+            return
+        with self._lock:
+            try:
+                self._connection().sendall(line.encode())
+            except OSError:  # no guardian (it died): the pool's subreaper still guards
+                log.warning("the group guardian cannot be reached", exc_info=True)
+                self._sock = None
+
+    def _connection(self) -> socket.socket:
+        if self._sock is None or self._pid != os.getpid():
+            assert self._address is not None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect("\0" + self._address)
+            self._sock, self._pid = sock, os.getpid()
+        return self._sock
