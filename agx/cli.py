@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from agx.client import ApiError, Client
+from agx.client import ApiError, Client, call
 from agx.schedules_cli import scheduler, schedules
 from shared.settings import Settings
 
@@ -134,11 +134,11 @@ def task(
     """Submit a task to AGENT."""
     client = Client()
     body = {"message": message, "model": model, "timeout_seconds": timeout_seconds}
-    data = _call(
-        client,
+    data = call(
         "POST",
         f"/api/agents/{agent}/task",
         {k: v for k, v in body.items() if v is not None},
+        client=client,
     )
     if not follow:
         click.echo(json.dumps(data, indent=2))
@@ -160,7 +160,7 @@ def stop(execution_id: str) -> None:
     """Stop an execution: a pending one is cancelled, a running one is killed."""
     client = Client()
     agent = _agent_of(client, execution_id)
-    data = _call(client, "POST", f"/api/agents/{agent}/executions/{execution_id}/stop")
+    data = call("POST", f"/api/agents/{agent}/executions/{execution_id}/stop", client=client)
     click.echo(
         f"{execution_id} {data['status']}"
         + (" (stop requested)" if data["status"] == "running" else "")
@@ -168,7 +168,8 @@ def stop(execution_id: str) -> None:
 
 
 def _agent_of(client: Client, execution_id: str) -> str:
-    found = _call(client, "GET", "/api/executions", params={"q": execution_id, "limit": 1})
+    params = {"q": execution_id, "limit": 1}
+    found = call("GET", "/api/executions", params=params, client=client)
     if not found["items"] or found["items"][0]["id"] != execution_id:
         raise click.ClickException(f"execution {execution_id} not found")
     return str(found["items"][0]["agent_name"])
@@ -204,8 +205,7 @@ def ls(
     agent: str | None, status: str | None, trigger: str | None, since: str | None, limit: int
 ) -> None:
     """List recent executions, newest first."""
-    data = _call(
-        Client(),
+    data = call(
         "GET",
         "/api/executions",
         params={
@@ -269,14 +269,3 @@ def keys_create(name: str, agent_names: tuple[str, ...]) -> None:
 
 main.add_command(schedules)
 main.add_command(scheduler)
-
-
-def _call(
-    client: Client, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None
-) -> Any:
-    try:
-        return client.request(method, path, body, params)
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot reach agx at {client.url}: {exc}") from None

@@ -1,4 +1,4 @@
-"""A small REST client for the CLI (stdlib only), reading AGX_URL and AGX_API_KEY."""
+"""A small REST client for the CLI (stdlib HTTP), reading AGX_URL and AGX_API_KEY."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
+
 from shared.settings import Settings
+
+UP_STATE = "up.json"  #: what `agx up` leaves in AGX_HOME: its URL and admin key
 
 
 class ApiError(Exception):
@@ -23,11 +27,10 @@ class ApiError(Exception):
         self.status = status
 
 
-def _state(settings: Settings) -> dict[str, Any]:
+def saved_state(home: Path) -> dict[str, Any]:
     """What `agx up` left in AGX_HOME/up.json (its URL and key), if anything."""
-    path = Path(settings.home) / "up.json"
     try:
-        return json.loads(path.read_text())
+        return json.loads((Path(home) / UP_STATE).read_text())
     except (OSError, ValueError):
         return {}
 
@@ -44,7 +47,7 @@ class Client:
 
     def __init__(self, url: str | None = None, key: str | None = None):
         settings = Settings.from_env()
-        state = _state(settings)
+        state = saved_state(settings.home)
         self.url = (
             url or os.environ.get("AGX_URL") or state.get("url") or "http://127.0.0.1:8000"
         ).rstrip("/")
@@ -97,3 +100,20 @@ class Client:
                     event = json.loads(data)
                     yield {"type": "end", **event} if kind == "end" else event
                     kind, data = "", ""
+
+
+def call(
+    method: str,
+    path: str,
+    body: Any = None,
+    params: dict[str, Any] | None = None,
+    client: Client | None = None,
+) -> Any:
+    """One request for a CLI command; an API error or an unreachable server ends it clearly."""
+    client = client or Client()
+    try:
+        return client.request(method, path, body, params)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach agx at {client.url}: {exc}") from None

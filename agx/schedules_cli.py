@@ -9,17 +9,8 @@ from typing import Any
 
 import click
 
-from agx.client import ApiError, Client
-
-
-def _call(method: str, path: str, body: Any = None) -> Any:
-    client = Client()
-    try:
-        return client.request(method, path, body)
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot reach agx at {client.url}: {exc}") from None
+from agx.client import call
+from shared.states import Overlap
 
 
 def _line(item: dict[str, Any]) -> str:
@@ -51,8 +42,8 @@ def schedules() -> None:
 @click.option("--model", default=None)
 @click.option(
     "--overlap",
-    type=click.Choice(["skip", "queue", "allow"]),
-    default="skip",
+    type=click.Choice([o.value for o in Overlap]),
+    default=Overlap.skip.value,
     show_default=True,
     help="What a fire does while the previous run is in flight.",
 )
@@ -97,7 +88,7 @@ def add(
         "enabled": not paused,
         "from_execution_id": from_execution,
     }
-    created = _call(
+    created = call(
         "POST", f"/api/agents/{agent}/schedules", {k: v for k, v in body.items() if v is not None}
     )
     click.echo(_line(created))
@@ -107,7 +98,7 @@ def add(
 @click.option("--agent", default=None)
 def ls(agent: str | None) -> None:
     """List schedules (of one agent with --agent)."""
-    data = _call("GET", f"/api/agents/{agent}/schedules" if agent else "/api/schedules")
+    data = call("GET", f"/api/agents/{agent}/schedules" if agent else "/api/schedules")
     for item in data["items"]:
         click.echo(_line(item))
 
@@ -116,14 +107,14 @@ def ls(agent: str | None) -> None:
 @click.argument("schedule_id")
 def show(schedule_id: str) -> None:
     """Print one schedule with its latest fires."""
-    click.echo(json.dumps(_call("GET", f"/api/schedules/{schedule_id}"), indent=2))
+    click.echo(json.dumps(call("GET", f"/api/schedules/{schedule_id}"), indent=2))
 
 
 @schedules.command("rm")
 @click.argument("schedule_id")
 def rm(schedule_id: str) -> None:
     """Delete a schedule."""
-    _call("DELETE", f"/api/schedules/{schedule_id}")
+    call("DELETE", f"/api/schedules/{schedule_id}")
     click.echo(f"deleted {schedule_id}")
 
 
@@ -131,14 +122,14 @@ def rm(schedule_id: str) -> None:
 @click.argument("schedule_id")
 def pause(schedule_id: str) -> None:
     """Stop a schedule firing (schedulers notice within 2 s)."""
-    click.echo(_line(_call("PATCH", f"/api/schedules/{schedule_id}", {"enabled": False})))
+    click.echo(_line(call("PATCH", f"/api/schedules/{schedule_id}", {"enabled": False})))
 
 
 @schedules.command("resume")
 @click.argument("schedule_id")
 def resume(schedule_id: str) -> None:
     """Let a paused schedule fire again, from its next due time."""
-    click.echo(_line(_call("PATCH", f"/api/schedules/{schedule_id}", {"enabled": True})))
+    click.echo(_line(call("PATCH", f"/api/schedules/{schedule_id}", {"enabled": True})))
 
 
 @click.command()
@@ -151,7 +142,7 @@ def resume(schedule_id: str) -> None:
 @click.option("--threads", default=10, show_default=True, help="Fires handled at once.")
 def scheduler(poll_seconds: float, threads: int) -> None:
     """Run the cron service: fire enabled schedules (any number of these may run)."""
-    from scheduler import SchedulerService, test_seconds_enabled
+    from scheduler import SchedulerService
     from shared.services import Services
     from shared.settings import Settings
 
@@ -159,7 +150,10 @@ def scheduler(poll_seconds: float, threads: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     services = Services(Settings.from_env().require(), pool_size=threads + 2)
     service = SchedulerService(
-        services, poll_seconds=poll_seconds, threads=threads, allow_seconds=test_seconds_enabled()
+        services,
+        poll_seconds=poll_seconds,
+        threads=threads,
+        allow_seconds=services.settings.cron_seconds,
     )
     try:
         service.run(stop)

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from agx import embedded
+from agx.client import UP_STATE, saved_state
 from agx.procs import spawn, stop
 from shared.agents import AgentSpec, upsert_agent
 from shared.apikeys import KEY_PREFIX, ensure_admin_key
@@ -60,7 +61,7 @@ def _prepare(settings: Settings) -> str:
     migrate(settings.database_url)
     key = (
         settings.api_key
-        or _saved_state(settings.home).get("api_key")
+        or saved_state(settings.home).get("api_key")
         or (KEY_PREFIX + secrets.token_urlsafe(32))
     )
     services = Services(settings, pool_size=2)
@@ -74,15 +75,8 @@ def _prepare(settings: Settings) -> str:
     return key
 
 
-def _saved_state(home: Path) -> dict[str, str]:
-    try:
-        return json.loads((home / "up.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _save_state(home: Path, url: str, key: str) -> None:
-    path = home / "up.json"
+    path = home / UP_STATE
     path.write_text(json.dumps({"url": url, "api_key": key}))
     path.chmod(0o600)
 

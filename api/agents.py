@@ -10,12 +10,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from api.context import admin_only, principal, require_admin, require_agent_visible, services
-from api.serialize import execution_dict, links
+from api.context import (
+    admin_only,
+    agent_or_404,
+    principal,
+    require_admin,
+    require_agent_visible,
+    services,
+)
+from api.serialize import agent_dict, execution_dict, links
 from api.validation import json_body
 from producer import submit_execution
-from shared.agents import AgentPatch, AgentSpec, agent_dict, agent_values
-from shared.errors import Conflict, NotFound
+from shared.agents import AgentPatch, AgentSpec, agent_values
+from shared.errors import Conflict
 from shared.models import Agent, Execution
 from shared.states import IN_FLIGHT, ExecutionStatus, Trigger
 
@@ -67,7 +74,7 @@ def get_agent(name: str) -> Any:
     """One agent."""
     who = require_agent_visible(name)
     with services().Session() as session:
-        return jsonify(agent_dict(_agent(session, name), who.is_admin))
+        return jsonify(agent_dict(agent_or_404(session, name), who.is_admin))
 
 
 @bp.patch("/<name>")
@@ -76,7 +83,7 @@ def get_agent(name: str) -> Any:
 def patch_agent(name: str, body: AgentPatch) -> Any:
     """Change some fields of an agent (admin)."""
     with services().Session.begin() as session:
-        agent = _agent(session, name, lock=True)
+        agent = agent_or_404(session, name, "update")
         for key, value in agent_values(body).items():
             setattr(agent, key, value)
         session.flush()
@@ -93,7 +100,7 @@ def delete_agent(name: str) -> Any:
     """
     require_admin()
     with services().Session.begin() as session:
-        agent = _agent(session, name, lock=True)
+        agent = agent_or_404(session, name, "update")
         live = session.scalar(
             select(func.count())
             .select_from(Execution)
@@ -149,11 +156,3 @@ def _wait_terminal(execution_id: str, max_seconds: float) -> Execution:
             return execution
         time.sleep(delay)
         delay = min(delay * 1.5, 0.5)
-
-
-def _agent(session: Any, name: str, lock: bool = False) -> Agent:
-    """The agent, locked against concurrent changes with `lock` (404 when there is none)."""
-    agent = session.get(Agent, name, with_for_update=lock or None, populate_existing=lock)
-    if agent is None:
-        raise NotFound(f"agent '{name}' does not exist")
-    return agent

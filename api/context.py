@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from flask import current_app, g, request
+from sqlalchemy.orm import Session
 
 from shared.apikeys import Principal, authenticate, authenticate_session
 from shared.errors import AgxError, NotFound
+from shared.models import Agent
 from shared.services import Services
 
 
@@ -97,3 +99,19 @@ def require_agent_visible(name: str) -> Principal:
     if not who.may_see(name):
         raise NotFound(f"agent '{name}' does not exist")
     return who
+
+
+#: How `agent_or_404` locks the row: SELECT ... FOR UPDATE, or FOR KEY SHARE.
+_LOCKS: dict[str, Any] = {"update": True, "key share": {"key_share": True}}
+
+
+def agent_or_404(
+    session: Session, name: str, lock: Literal["update", "key share"] | None = None
+) -> Agent:
+    """The agent (404 when there is none), locked as asked: `update` against concurrent
+    changes (re-read under the lock), `key share` only against its deletion."""
+    locking = _LOCKS.get(lock) if lock else None
+    agent = session.get(Agent, name, with_for_update=locking, populate_existing=lock == "update")
+    if agent is None:
+        raise NotFound(f"agent '{name}' does not exist")
+    return agent

@@ -7,7 +7,7 @@ import binascii
 import logging
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import redis
 from flask import Blueprint, jsonify
@@ -19,7 +19,7 @@ from api.serialize import execution_dict
 from api.validation import query_params
 from shared.errors import InvalidField, NotFound
 from shared.models import Execution, Transcript
-from shared.states import ExecutionStatus
+from shared.states import ExecutionStatus, Trigger
 from shared.stopping import request_stop
 from shared.timefmt import parse_iso
 
@@ -28,9 +28,6 @@ ID_CHARS = re.compile(r"[0-9A-Za-z_-]{1,32}")  #: what an execution id is made o
 
 bp = Blueprint("executions", __name__, url_prefix="/api")
 
-Status = Literal["pending", "running", "completed", "failed", "cancelled"]
-TriggerName = Literal["manual", "schedule", "mcp", "chat", "paid"]
-
 
 class ListQuery(BaseModel):
     """Filters and paging for execution lists."""
@@ -38,8 +35,8 @@ class ListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent: str | None = Field(None, max_length=64)
-    status: Status | None = None
-    trigger: TriggerName | None = None
+    status: ExecutionStatus | None = None
+    trigger: Trigger | None = None
     since: datetime | None = None
     until: datetime | None = None
     q: str | None = Field(None, max_length=200)
@@ -163,4 +160,4 @@ def stop_execution(name: str, execution_id: str) -> Any:
     """Stop: pending -> cancelled now; running -> the agent's process group is killed."""
     who = require_agent_visible(name)
     row = request_stop(services(), execution_id, name)
-    return jsonify(execution_dict(row, who)), 202 if row.status == "running" else 200
+    return jsonify(execution_dict(row, who)), 202 if row.status == ExecutionStatus.running else 200

@@ -15,6 +15,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from werkzeug.routing import Rule
 
+from shared.states import ExecutionStatus, Overlap
+
 bp = Blueprint("openapi", __name__)
 
 _PARAM = re.compile(r"<(?:[a-z_]+:)?([a-z_]+)>")
@@ -82,7 +84,7 @@ EXECUTION = {
     "properties": {
         "id": _STR,
         "agent_name": _STR,
-        "status": {"enum": ["pending", "running", "completed", "failed", "cancelled"]},
+        "status": {"enum": [s.value for s in ExecutionStatus]},
         "message": _STR,
         "response": _nullable("string"),
         "error": _nullable("string"),
@@ -124,7 +126,7 @@ SCHEDULE = {
         "message": _STR,
         "model": _nullable("string"),
         "enabled": {"type": "boolean"},
-        "overlap": {"enum": ["skip", "queue", "allow"]},
+        "overlap": {"enum": [o.value for o in Overlap]},
         "misfire_grace_seconds": _INT,
         "next_run_at": _nullable("string"),
         "last_run_at": _nullable("string"),
@@ -286,7 +288,9 @@ def _operation(view: Any, rule: Rule, method: str, schemas: dict[str, Any]) -> d
         }
     query = getattr(view, "query_model", None)
     if query is not None:
-        for name, prop in query.model_json_schema()["properties"].items():
+        query_schema = query.model_json_schema(ref_template=_REF)
+        schemas.update(query_schema.pop("$defs", {}))
+        for name, prop in query_schema["properties"].items():
             op["parameters"].append(
                 {"name": name, "in": "query", "required": False, "schema": prop}
             )

@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.context import principal, require_agent_visible, services
+from api.context import agent_or_404, principal, require_agent_visible, services
+from api.serialize import fire_dict, schedule_dict
 from api.validation import json_body, query_params
 from producer.submit import validate_message, validate_model
-from scheduler import CronError, FireTimes, ZoneError, parse, test_seconds_enabled, zone
+from scheduler import CronError, FireTimes, ZoneError, parse, zone
 from scheduler.records import recent
 from shared.errors import InvalidField, NotFound
-from shared.models import Agent, Execution, Schedule, ScheduleFire, utcnow
+from shared.models import Execution, Schedule, utcnow
+from shared.states import FireOutcome, Overlap
 from shared.timefmt import iso
 
 bp = Blueprint("schedules", __name__, url_prefix="/api")
 
-OverlapName = Literal["skip", "queue", "allow"]
-FireOutcomeName = Literal["claimed", "waiting", "submitted", "skipped", "missed", "failed"]
 MAX_GRACE_SECONDS = 7 * 24 * 3600  #: longest misfire_grace_seconds accepted
 HISTORY_LIMIT = 20  #: fires shown by GET /api/schedules/{id}
 _TIMING = ("cron", "timezone", "enabled")
@@ -46,7 +46,7 @@ class SchedulePatch(BaseModel):
     message: str | None = None
     model: str | None = None
     enabled: bool | None = None
-    overlap: OverlapName | None = None
+    overlap: Overlap | None = None
     misfire_grace_seconds: int | None = Field(None, ge=0, le=MAX_GRACE_SECONDS)
 
 
@@ -60,7 +60,7 @@ class ScheduleCreate(SchedulePatch):
     )
     timezone: str = Field("UTC", min_length=1, max_length=64)  # type: ignore[assignment]
     enabled: bool = True  # type: ignore[assignment]
-    overlap: OverlapName = "skip"  # type: ignore[assignment]
+    overlap: Overlap = Overlap.skip  # type: ignore[assignment]
     misfire_grace_seconds: int = Field(300, ge=0, le=MAX_GRACE_SECONDS)  # type: ignore[assignment]
     from_execution_id: str | None = Field(None, min_length=1, max_length=32)
 
@@ -68,70 +68,13 @@ class ScheduleCreate(SchedulePatch):
 def fire_times(cron: str, timezone: str) -> FireTimes:
     """The cron read in its zone, validated by the code that fires it (422 naming the field)."""
     try:
-        parsed = parse(cron, allow_seconds=test_seconds_enabled())
+        parsed = parse(cron, allow_seconds=services().settings.cron_seconds)
     except CronError as exc:
         raise InvalidField("cron", str(exc)) from None
     try:
         return FireTimes(parsed, zone(timezone))
     except ZoneError as exc:
         raise InvalidField("timezone", str(exc)) from None
-
-
-def next_run(schedule: Schedule) -> Any:
-    """When an enabled schedule fires next, from now (None when paused)."""
-    if not schedule.enabled:
-        return None
-    try:
-        return FireTimes.of(schedule.cron, schedule.timezone, allow_seconds=True).next_after(
-            utcnow()
-        )
-    except ValueError:
-        return None
-
-
-def schedule_dict(schedule: Schedule, history: list[ScheduleFire] | None = None) -> dict[str, Any]:
-    """A schedule as the API shows it (with its latest fires when given)."""
-    data: dict[str, Any] = {
-        name: getattr(schedule, name)
-        for name in (
-            "id",
-            "agent_name",
-            "name",
-            "cron",
-            "timezone",
-            "message",
-            "model",
-            "enabled",
-            "overlap",
-            "misfire_grace_seconds",
-            "created_from_execution_id",
-        )
-    }
-    data.update(
-        next_run_at=iso(next_run(schedule)),
-        last_run_at=iso(schedule.last_run_at),
-        created_at=iso(schedule.created_at),
-        updated_at=iso(schedule.updated_at),
-        links={
-            "self": f"/api/schedules/{schedule.id}",
-            "agent": f"/api/agents/{schedule.agent_name}",
-            "fires": f"/api/schedules/{schedule.id}/fires",
-        },
-    )
-    if history is not None:
-        data["history"] = [fire_dict(f) for f in history]
-    return data
-
-
-def fire_dict(fire: ScheduleFire) -> dict[str, Any]:
-    """One due time of a schedule and what became of it."""
-    return {
-        "scheduled_for": iso(fire.scheduled_for),
-        "outcome": fire.outcome,
-        "execution_id": fire.execution_id,
-        "reason": fire.reason,
-        "recorded_at": iso(fire.updated_at),
-    }
 
 
 @bp.get("/schedules")
@@ -148,7 +91,7 @@ def list_agent_schedules(name: str) -> Any:
     """One agent's schedules."""
     require_agent_visible(name)
     with services().Session() as session:
-        _agent(session, name)
+        agent_or_404(session, name)
         rows = session.scalars(
             select(Schedule).where(Schedule.agent_name == name).order_by(Schedule.created_at)
         )
@@ -161,7 +104,7 @@ def create_schedule(name: str, body: ScheduleCreate) -> Any:
     """Create a schedule; `from_execution_id` repeats that execution (Make Repeatable)."""
     require_agent_visible(name)
     with services().Session.begin() as session:
-        _agent(session, name, lock=True)  # a concurrent delete waits for this schedule, or wins
+        agent_or_404(session, name, "key share")  # a concurrent delete waits for this, or wins
         message, model = _what_to_send(session, name, body)
         times = fire_times(body.cron, body.timezone)
         schedule = Schedule(
@@ -217,7 +160,7 @@ class FiresQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    outcome: FireOutcomeName | None = None
+    outcome: FireOutcome | None = None
     limit: int = Field(50, ge=1, le=200)
     cursor: datetime | None = Field(
         None, description="next_cursor of the previous page: fires due before this time"
@@ -289,11 +232,3 @@ def _schedule(session: Session, schedule_id: str, lock: bool = False) -> Schedul
     if schedule is None or not principal().may_see(schedule.agent_name):
         raise NotFound(f"schedule '{schedule_id}' does not exist")
     return schedule
-
-
-def _agent(session: Session, name: str, lock: bool = False) -> Agent:
-    """The agent (404 when there is none); with `lock`, held against deletion (FOR KEY SHARE)."""
-    agent = session.get(Agent, name, with_for_update={"key_share": True} if lock else None)
-    if agent is None:
-        raise NotFound(f"agent '{name}' does not exist")
-    return agent

@@ -1,12 +1,16 @@
-"""How executions look in JSON."""
+"""How agents, executions, schedules and their fires look in JSON."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from scheduler import FireTimes
 from shared.apikeys import Principal
-from shared.models import Execution
+from shared.models import Agent, Execution, Schedule, ScheduleFire, utcnow
 from shared.timefmt import iso
+
+MASKED = "********"  #: what a non-admin key sees instead of an env value
 
 _TIMES = (
     "created_at",
@@ -78,3 +82,80 @@ def _source_for(viewer: Principal, source: str | None) -> str | None:
     if source and source.startswith("key:") and source != f"key:{viewer.name}":
         return "key"
     return source
+
+
+def agent_dict(agent: Agent, reveal_env: bool = True) -> dict[str, Any]:
+    """An agent as the API shows it; env values are write-only unless `reveal_env` (admins)."""
+    env = agent.env if reveal_env else {name: MASKED for name in agent.env or {}}
+    return {
+        "name": agent.name,
+        "command": agent.command,
+        "output": agent.output,
+        "default_model": agent.default_model,
+        "max_parallel_tasks": agent.max_parallel_tasks,
+        "timeout_seconds": agent.timeout_seconds,
+        "queue_limit": agent.queue_limit,
+        "workdir": agent.workdir,
+        "env": env,
+        "price": None if agent.price is None else str(agent.price),
+        "description": agent.description,
+        "created_at": iso(agent.created_at),
+        "updated_at": iso(agent.updated_at),
+    }
+
+
+def next_run(schedule: Schedule) -> datetime | None:
+    """When an enabled schedule fires next, from now (None when paused)."""
+    if not schedule.enabled:
+        return None
+    try:
+        return FireTimes.of(schedule.cron, schedule.timezone, allow_seconds=True).next_after(
+            utcnow()
+        )
+    except ValueError:
+        return None
+
+
+_SCHEDULE_FIELDS = (
+    "id",
+    "agent_name",
+    "name",
+    "cron",
+    "timezone",
+    "message",
+    "model",
+    "enabled",
+    "overlap",
+    "misfire_grace_seconds",
+    "created_from_execution_id",
+)
+
+
+def schedule_dict(schedule: Schedule, history: list[ScheduleFire] | None = None) -> dict[str, Any]:
+    """A schedule as the API shows it (with its latest fires when given)."""
+    data: dict[str, Any] = {name: getattr(schedule, name) for name in _SCHEDULE_FIELDS}
+    data.update(
+        next_run_at=iso(next_run(schedule)),
+        last_run_at=iso(schedule.last_run_at),
+        created_at=iso(schedule.created_at),
+        updated_at=iso(schedule.updated_at),
+        links={
+            "self": f"/api/schedules/{schedule.id}",
+            "agent": f"/api/agents/{schedule.agent_name}",
+            "fires": f"/api/schedules/{schedule.id}/fires",
+        },
+    )
+    if history is not None:
+        data["history"] = [fire_dict(f) for f in history]
+    return data
+
+
+def fire_dict(fire: ScheduleFire) -> dict[str, Any]:
+    """One due time of a schedule and what became of it."""
+    return {
+        "scheduled_for": iso(fire.scheduled_for),
+        "outcome": fire.outcome,
+        "execution_id": fire.execution_id,
+        "reason": fire.reason,
+        "recorded_at": iso(fire.updated_at),
+    }

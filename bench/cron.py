@@ -47,9 +47,9 @@ from bench.throughput import (  # noqa: E402
     libpq_url,
     pct,
 )
-from scheduler import TEST_SECONDS_ENV  # noqa: E402
 from shared.db import migrate, normalize_database_url  # noqa: E402
 from shared.models import Agent, Schedule, new_id  # noqa: E402
+from shared.settings import TEST_SECONDS_ENV  # noqa: E402
 
 TARGET_SECONDS = 2.0  #: every schedule submitted within this of its due time
 

@@ -532,10 +532,10 @@ class AgxSide(Side):
         }
 
     def submit(self, message: str) -> str:
-        from producer.submit import submit_execution
+        from producer.submit import Publication, submit_execution
 
         submitted = submit_execution(self.services, AGENT_NAME, message)
-        if submitted.published is False:  # None: parked, published by the release that frees a slot
+        if submitted.publication is Publication.failed:
             raise RuntimeError(f"publish failed for {submitted.execution.id}")
         return submitted.execution.id
 

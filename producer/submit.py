@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import psycopg
 
+from shared import dispatch
+from shared.agents import MODEL_PATTERN
 from shared.db import driver_connection, one
 from shared.errors import AlreadyFired, InvalidField, NotFound, QueueFull
 from shared.models import Execution, new_id, utcnow
@@ -21,10 +23,22 @@ from shared.states import ExecutionStatus, Trigger
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 100 * 1024  #: largest message accepted, in UTF-8 bytes
-MODEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/\[\]-]{0,127}")
 MAX_SOURCE_CHARS = 200  #: the width of executions.source: a longer name is cut, never a 500
 #: Concurrent submissions to one agent that the lock-free path tolerates near queue_limit.
 LOCK_MARGIN = 256
+
+
+class Publication(StrEnum):
+    """What became of a submission's message to the workers."""
+
+    sent = "sent"  #: published to the broker
+    failed = "failed"  #: the publish failed: the row stays pending and the reaper re-sends it
+    parked = "parked"  #: it waits for a slot: the release that frees one sends it
+
+    @classmethod
+    def of(cls, published: bool | None) -> Publication:
+        """From a publish attempt's result: True, False, or None when none was made."""
+        return cls.parked if published is None else cls.sent if published else cls.failed
 
 
 @dataclass(frozen=True)
@@ -33,7 +47,7 @@ class Submitted:
 
     execution: Execution
     queue_position: int | None
-    published: bool | None  #: None: it waits for a slot; the release that frees one sends it
+    publication: Publication
 
 
 def validate_message(message: object, field: str = "message") -> str:
@@ -193,7 +207,7 @@ def submit_execution(
         _insert_exactly(services, agent, row)
     execution = Execution(**row)
     position, published = _enqueue_and_publish(services, execution, agent.max_parallel_tasks)
-    return Submitted(execution, position, published)
+    return Submitted(execution, position, Publication.of(published))
 
 
 def _enqueue_and_publish(
@@ -213,20 +227,8 @@ def _enqueue_and_publish(
         position, fits = 0, True
     if not fits:
         return position, None
-    published = publish_or_defer(services, eid, agent)
+    published = dispatch.send(services, eid, agent)
     if not published:
         with contextlib.suppress(Exception):  # then the reaper's promotion sends it
             services.slots.forget_notice(agent, eid)
     return None, published
-
-
-def publish_or_defer(services: Services, execution_id: str, agent: str | None = None) -> bool:
-    """Publish the id; on failure leave the row pending for the reaper's re-dispatch sweep."""
-    try:
-        services.publish(execution_id, agent)
-        return True
-    except Exception:  # any broker failure: the row is the truth, the sweep re-sends
-        log.warning(
-            "publish of execution %s failed; it will be re-sent", execution_id, exc_info=True
-        )
-        return False

@@ -8,13 +8,10 @@ a day matches if EITHER matches. Fire instants (time zones, DST) live in `schedu
 
 from __future__ import annotations
 
-import os
 from bisect import bisect_left
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-#: Test-only switch: when set to 1, a cron may carry a leading sixth field, seconds.
-TEST_SECONDS_ENV = "AGX_SCHEDULER_TEST_SECONDS"
 SEARCH_YEARS = 10  #: how far ahead a fire time is looked for (covers leap days, 2100 too)
 
 MACROS = {
@@ -48,11 +45,6 @@ _HOUR = _Field("hour", 0, 23, {})
 _DOM = _Field("day-of-month", 1, 31, {})
 _MONTH = _Field("month", 1, 12, {n: i + 1 for i, n in enumerate(_MONTHS)})
 _DOW = _Field("day-of-week", 0, 7, {n: i for i, n in enumerate(_DAYS)})
-
-
-def test_seconds_enabled() -> bool:
-    """True when the test-only seconds field is switched on for this process."""
-    return os.environ.get(TEST_SECONDS_ENV, "") == "1"
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,6 @@ from sqlalchemy.orm import Session
 from producer import submit_execution
 from scheduler.plan import Plan, overlap_decision, plan
 from scheduler.records import (
-    FireOutcome,
-    Overlap,
     Record,
     claim_waiting,
     existing,
@@ -39,7 +37,7 @@ from scheduler.records import (
 from shared.errors import AlreadyFired, InvalidField, NotFound, QueueFull
 from shared.models import Execution, utcnow
 from shared.services import Services
-from shared.states import Trigger
+from shared.states import FireOutcome, Overlap, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +70,6 @@ class Fired:
 
     outcomes: dict[str, FireOutcome] = field(default_factory=dict)
     locked: list[str] = field(default_factory=list)  #: rows another transaction held
-
-
-def fire_due(
-    services: Services,
-    schedule_id: str,
-    now: datetime,
-    scheduler_id: str,
-    allow_seconds: bool = False,
-) -> FireOutcome | None:
-    """Handle what is due for one schedule up to `now` (waiting for its row lock)."""
-    fired = fire_batch(services, [schedule_id], now, scheduler_id, allow_seconds)
-    return fired.outcomes.get(schedule_id)
 
 
 def fire_batch(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import String, bindparam, cast, delete, func, select, text, union_all, update
@@ -13,30 +12,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from shared.models import Execution, Schedule, ScheduleFire, utcnow
-from shared.states import ExecutionStatus
+from shared.states import IN_FLIGHT, FireOutcome
 
 _SCHEDULES = Schedule.metadata.tables["schedules"]
 _FIRES = ScheduleFire.metadata.tables["schedule_fires"]
-_IN_FLIGHT = (ExecutionStatus.pending.value, ExecutionStatus.running.value)
-
-
-class FireOutcome(StrEnum):
-    """What became of one due time of a schedule."""
-
-    claimed = "claimed"  # a scheduler took it and is submitting (or died doing so)
-    waiting = "waiting"  # overlap `queue`: submitted once the schedule's previous run ends
-    submitted = "submitted"
-    skipped = "skipped"  # overlap policy or queue_limit: nothing submitted, reason says why
-    missed = "missed"  # no scheduler fired it within misfire_grace_seconds
-    failed = "failed"  # the submission was refused for good (agent gone, bad message)
-
-
-class Overlap(StrEnum):
-    """What a fire does while an earlier run of the same schedule is still in flight."""
-
-    skip = "skip"
-    queue = "queue"
-    allow = "allow"
 
 
 @dataclass(frozen=True)
@@ -94,7 +73,7 @@ def in_flight(session: Session, ids: Sequence[str]) -> dict[str, list[tuple[str,
     rows = session.execute(
         union_all(
             select(e.c.schedule_id, e.c.id, e.c.status).where(
-                e.c.schedule_id.in_(ids), e.c.status.in_(_IN_FLIGHT)
+                e.c.schedule_id.in_(ids), e.c.status.in_(IN_FLIGHT)
             ),
             select(f.c.schedule_id, cast(f.c.id, String), f.c.outcome).where(
                 f.c.schedule_id.in_(ids),
@@ -145,7 +124,7 @@ def ready_to_release(
     """(fire id, schedule id, due time) of waiting fires whose schedule has nothing in flight:
     no pending or running execution, no fire being submitted. Oldest first."""
     e, f = Execution.metadata.tables["executions"], _FIRES
-    busy_run = select(e.c.id).where(e.c.schedule_id == f.c.schedule_id, e.c.status.in_(_IN_FLIGHT))
+    busy_run = select(e.c.id).where(e.c.schedule_id == f.c.schedule_id, e.c.status.in_(IN_FLIGHT))
     other = _FIRES.alias("other")
     busy_claim = select(other.c.id).where(
         other.c.schedule_id == f.c.schedule_id, other.c.outcome == FireOutcome.claimed.value

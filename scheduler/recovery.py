@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 
 from scheduler.fire import Claim, Settled, execution_of, settle, submit_claim
-from scheduler.records import FireOutcome
 from shared.models import Schedule, ScheduleFire, utcnow
 from shared.services import Services
+from shared.states import FireOutcome
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
@@ -16,9 +16,12 @@ from shared.models import (
     DEFAULT_TIMEOUT_SECONDS,
     Agent,
 )
-from shared.timefmt import iso
+from shared.states import AgentOutput
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+#: A model name: safe characters only, since it becomes an argv item.
+MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9._:/\[\]-]{0,127}"
+MODEL_PATTERN = re.compile(MODEL_NAME)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 MAX_PRICE = Decimal("1e12")  #: prices are stored as NUMERIC(18, 6): below a trillion USD
 Arg = Annotated[str, Field(min_length=1, max_length=4096)]
@@ -58,8 +61,8 @@ class AgentPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     command: list[Arg] | None = Field(None, min_length=1, max_length=256)
-    output: Literal["claude-stream-json", "text"] | None = None
-    default_model: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/\[\]-]{0,127}$")
+    output: AgentOutput | None = None
+    default_model: str | None = Field(None, pattern=f"^{MODEL_NAME}$")
     max_parallel_tasks: int | None = Field(None, ge=1, le=1000)
     timeout_seconds: int | None = Field(None, ge=1, le=7 * 24 * 3600)
     queue_limit: int | None = Field(None, ge=0, le=1_000_000)
@@ -88,7 +91,7 @@ class AgentSpec(AgentPatch):
 
     name: str = Field(pattern=SLUG)
     command: list[Arg] = Field(min_length=1, max_length=256)  # type: ignore[assignment]
-    output: Literal["claude-stream-json", "text"] = "claude-stream-json"  # type: ignore[assignment]
+    output: AgentOutput = AgentOutput.claude_stream_json  # type: ignore[assignment]
     max_parallel_tasks: int = Field(DEFAULT_MAX_PARALLEL_TASKS, ge=1, le=1000)  # type: ignore[assignment]
     timeout_seconds: int = Field(DEFAULT_TIMEOUT_SECONDS, ge=1, le=7 * 24 * 3600)  # type: ignore[assignment]
     queue_limit: int = Field(DEFAULT_QUEUE_LIMIT, ge=0, le=1_000_000)  # type: ignore[assignment]
@@ -115,26 +118,3 @@ def upsert_agent(session: Session, spec: AgentSpec) -> str:
     for key, value in changed.items():
         setattr(agent, key, value)
     return "updated" if changed else "unchanged"
-
-
-MASKED = "********"  #: what a non-admin key sees instead of an env value
-
-
-def agent_dict(agent: Agent, reveal_env: bool = True) -> dict[str, Any]:
-    """An agent as the API shows it; env values are write-only unless `reveal_env` (admins)."""
-    env = agent.env if reveal_env else {name: MASKED for name in agent.env or {}}
-    return {
-        "name": agent.name,
-        "command": agent.command,
-        "output": agent.output,
-        "default_model": agent.default_model,
-        "max_parallel_tasks": agent.max_parallel_tasks,
-        "timeout_seconds": agent.timeout_seconds,
-        "queue_limit": agent.queue_limit,
-        "workdir": agent.workdir,
-        "env": env,
-        "price": None if agent.price is None else str(agent.price),
-        "description": agent.description,
-        "created_at": iso(agent.created_at),
-        "updated_at": iso(agent.updated_at),
-    }

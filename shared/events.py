@@ -82,6 +82,13 @@ def last_event_id(client: redis.Redis, execution_id: str) -> int:
     return int(entries[0][0].split(b"-")[1]) if entries else 0
 
 
+def emit_terminal(client: redis.Redis, execution_id: str, status: str, **extra: Any) -> None:
+    """Append and publish the final status event, numbered after the newest one in the stream
+    (for settlers other than the run's own writer: the reaper, a stop of a pending row)."""
+    event = status_event(last_event_id(client, execution_id) + 1, status, **extra)
+    emit(client, execution_id, [event], final=True)
+
+
 def stream_lines(client: redis.Redis, execution_id: str) -> list[str]:
     """All line events still in the stream, for a transcript the worker could not store."""
     lines: list[str] = []

@@ -1,4 +1,8 @@
-"""Every Redis key name agx uses, built in one place."""
+"""Every Redis key name agx uses, built in one place.
+
+The slot layout (slots, lease_caps, waiting, notified, epoch, rebuild_lock, agents_index) is
+read and written by `shared.slots.Slots` only; the others belong to events and control.
+"""
 
 from __future__ import annotations
 

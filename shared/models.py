@@ -29,7 +29,7 @@ from shared.states import ExecutionStatus
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
-#: Agent defaults (DESIGN §3).
+#: Agent defaults, for a spec that leaves these out.
 DEFAULT_MAX_PARALLEL_TASKS = 3
 DEFAULT_TIMEOUT_SECONDS = 900
 DEFAULT_QUEUE_LIMIT = 100

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from shared import keys
 from shared.models import Agent, Execution, utcnow
 from shared.services import Services
-from shared.slots import submitted_us
+from shared.slots import Lease, Waiter, submitted_us
 from shared.states import ExecutionStatus
 
 log = logging.getLogger(__name__)
@@ -25,11 +24,11 @@ LOCK_SECONDS = 60  #: how long one rebuilder holds the rebuild lock at most
 
 def ensure_epoch(services: Services) -> bool:
     """Rebuild if Redis lost its data (or wait for whoever rebuilds); True once it is ready."""
-    client = services.redis
+    slots = services.slots
     deadline = time.monotonic() + LOCK_SECONDS
     token = str(time.time())
-    while not client.exists(keys.epoch()):
-        if client.set(keys.rebuild_lock(), token, nx=True, ex=LOCK_SECONDS):
+    while not slots.restored():
+        if slots.lock_restore(token, LOCK_SECONDS):
             return _rebuild_holding(services, token)
         if time.monotonic() > deadline:
             return False
@@ -38,21 +37,17 @@ def ensure_epoch(services: Services) -> bool:
 
 
 def _rebuild_holding(services: Services, token: str) -> bool:
-    client = services.redis
     try:
         rebuild(services)
-        client.set(keys.epoch(), utcnow().isoformat())
+        services.slots.mark_restored()
         return True
     finally:
-        if client.get(keys.rebuild_lock()) == token.encode():
-            client.delete(keys.rebuild_lock())
+        services.slots.unlock_restore(token)
 
 
 def rebuild(services: Services) -> None:
     """Restore leases of running rows and the FIFO of pending rows from PostgreSQL."""
-    settings = services.settings
-    seconds, micros = services.redis.time()
-    now_ms = seconds * 1000 + micros // 1000
+    buffer = timedelta(seconds=services.settings.lease_buffer_seconds)
     with services.Session() as session:
         running = session.execute(
             select(
@@ -70,23 +65,21 @@ def rebuild(services: Services) -> None:
                 Execution.status == ExecutionStatus.pending.value
             )
         ).all()
-    pipe = services.redis.pipeline(transaction=False)
-    for eid, agent, started_at, own_timeout, agent_timeout in running:
-        left = (
-            (started_at or utcnow())
-            + timedelta(seconds=(own_timeout or agent_timeout) + settings.lease_buffer_seconds)
-        ) - utcnow()
-        cap = now_ms + max(0, int(left.total_seconds() * 1000))
-        pipe.zadd(keys.slots(agent), {eid: min(now_ms + int(settings.lease_seconds * 1000), cap)})
-        pipe.hset(keys.lease_caps(agent), eid, cap)
-        pipe.sadd(keys.agents_index(), agent)
-    for eid, agent, created_at in pending:
-        pipe.zadd(keys.waiting(agent), {eid: submitted_us(created_at)}, nx=True)
-        pipe.sadd(keys.agents_index(), agent)
-    pipe.execute()
+    leases = [
+        Lease(agent, eid, _cap_left(started_at, own_timeout or agent_timeout, buffer))
+        for eid, agent, started_at, own_timeout, agent_timeout in running
+    ]
+    waiters = [Waiter(agent, eid, submitted_us(created_at)) for eid, agent, created_at in pending]
+    services.slots.restore(leases, waiters)
     log.log(
         logging.WARNING if running or pending else logging.DEBUG,
         "rebuilt Redis state from PostgreSQL: %d leases, %d waiters",
         len(running),
         len(pending),
     )
+
+
+def _cap_left(started_at: datetime | None, timeout_seconds: int, buffer: timedelta) -> float:
+    """Seconds left of a run's timeout + buffer (its lease's hard cap), from now."""
+    ends = (started_at or utcnow()) + timedelta(seconds=timeout_seconds) + buffer
+    return (ends - utcnow()).total_seconds()

@@ -10,6 +10,8 @@ from dotenv import load_dotenv
 
 #: Default queue that carries execution ids.
 DEFAULT_QUEUE = "agx.executions"
+#: Test-only switch, read once by from_env: when 1, a cron may carry a leading seconds field.
+TEST_SECONDS_ENV = "AGX_SCHEDULER_TEST_SECONDS"
 
 
 def normalize_database_url(url: str) -> str:
@@ -45,12 +47,13 @@ class Settings:
     keepalive_seconds: float = 15.0  #: idle time before an SSE/websocket keepalive
     allowed_origins: tuple[str, ...] = ()
     secret_key: str | None = None  #: signs session cookies; share it across API processes
-    worker_id: str | None = None
     #: open SSE + websocket streams one API key may hold in one API process (then 429)
     max_streams_per_key: int = 8
     #: open streams in one API process, all keys together (then 503); keep it below the
     #: process's threads (32) so that short requests and /healthz always find one
     max_streams: int = 24
+    #: test-only: crons may carry a leading seconds field (AGX_SCHEDULER_TEST_SECONDS=1)
+    cron_seconds: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -73,6 +76,7 @@ class Settings:
             queue=env.get("AGX_QUEUE") or DEFAULT_QUEUE,
             allowed_origins=origins,
             secret_key=env.get("AGX_SECRET_KEY") or None,
+            cron_seconds=env.get(TEST_SECONDS_ENV, "") == "1",
         )
         for name in (
             "lease_seconds",

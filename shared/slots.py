@@ -1,11 +1,17 @@
-"""Per-agent slot leases and FIFO waiting lists, each operation one Lua script in Redis."""
+"""Per-agent slot leases and FIFO waiting lists, each operation one Lua script in Redis.
+
+The only module that knows their Redis layout (docs/architecture.md): everyone else, the
+rebuild from PostgreSQL and the reaper included, goes through `Slots`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -13,6 +19,12 @@ from shared import keys
 from shared.script_batch import ScriptBatch
 
 _LUA = Path(__file__).parent / "lua"
+
+
+@cache
+def _source(name: str) -> str:
+    """A slot script with the shared prelude (Redis's time, the lapsed-lease purge) in front."""
+    return (_LUA / "prelude.lua").read_text() + "\n" + (_LUA / f"{name}.lua").read_text()
 
 
 def submitted_us(created_at: datetime) -> int:
@@ -23,6 +35,22 @@ def submitted_us(created_at: datetime) -> int:
 def decode_heads(heads: Any) -> list[str]:
     """Execution ids from the release script's answer."""
     return [h.decode() if isinstance(h, bytes) else h for h in heads]
+
+
+class Lease(NamedTuple):
+    """A running execution's lease to restore: cap_seconds of timeout + buffer are left."""
+
+    agent: str
+    execution_id: str
+    cap_seconds: float
+
+
+class Waiter(NamedTuple):
+    """A pending execution to put back in its agent's FIFO, at its submission time (us)."""
+
+    agent: str
+    execution_id: str
+    submitted_us: int
 
 
 @dataclass(frozen=True)
@@ -48,10 +76,10 @@ class Slots:
         self.renotify_ms = int(renotify_seconds * 1000)
         self.lease_ms = int(lease_seconds * 1000)
         self.buffer_ms = int(buffer_seconds * 1000)
-        self._enqueue = client.register_script((_LUA / "enqueue.lua").read_text())
-        self._acquire = client.register_script((_LUA / "acquire.lua").read_text())
-        self._release = client.register_script((_LUA / "release.lua").read_text())
-        self._renew = client.register_script((_LUA / "renew.lua").read_text())
+        self._enqueue = client.register_script(_source("enqueue"))
+        self._acquire = client.register_script(_source("acquire"))
+        self._release = client.register_script(_source("release"))
+        self._renew = client.register_script(_source("renew"))
 
     def enqueue(
         self, agent: str, execution_id: str, submitted_us: int, max_parallel: int
@@ -138,7 +166,46 @@ class Slots:
         rank: Any = self.client.zrank(keys.waiting(agent), execution_id)
         return None if rank is None else int(rank) + 1
 
-    def holders(self, agent: str) -> list[str]:
-        """Execution ids holding a lease for the agent (lapsed ones included until purged)."""
-        members: Any = self.client.zrange(keys.slots(agent), 0, -1)
-        return [m.decode() if isinstance(m, bytes) else m for m in members]
+    def holds(self, agent: str, execution_id: str) -> bool:
+        """Whether the execution holds a lease for the agent (a lapsed one until purged)."""
+        return self.client.zscore(keys.slots(agent), execution_id) is not None
+
+    def knows(self, agent: str, execution_id: str) -> bool:
+        """Whether the execution holds a lease or waits in the agent's FIFO (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zscore(keys.slots(agent), execution_id)
+        pipe.zscore(keys.waiting(agent), execution_id)
+        return any(score is not None for score in pipe.execute())
+
+    def restore(self, leases: Iterable[Lease], waiters: Iterable[Waiter]) -> None:
+        """Put back leases of running executions and FIFO places of pending ones (one round
+        trip), as the rebuild from PostgreSQL after Redis lost its data."""
+        seconds, micros = self.client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        pipe = self.client.pipeline(transaction=False)
+        for agent, eid, cap_seconds in leases:
+            cap = now_ms + max(0, int(cap_seconds * 1000))
+            pipe.zadd(keys.slots(agent), {eid: min(now_ms + self.lease_ms, cap)})
+            pipe.hset(keys.lease_caps(agent), eid, cap)
+            pipe.sadd(keys.agents_index(), agent)
+        for agent, eid, submitted in waiters:
+            pipe.zadd(keys.waiting(agent), {eid: submitted}, nx=True)
+            pipe.sadd(keys.agents_index(), agent)
+        pipe.execute()
+
+    def restored(self) -> bool:
+        """Whether the state is in place (False once Redis lost its data: admission waits)."""
+        return bool(self.client.exists(keys.epoch()))
+
+    def mark_restored(self) -> None:
+        """Open admission: the state was rebuilt (or a fresh Redis has nothing to rebuild)."""
+        self.client.set(keys.epoch(), datetime.now(UTC).isoformat())
+
+    def lock_restore(self, token: str, seconds: int) -> bool:
+        """Take the rebuild lock for at most `seconds`; False when another process holds it."""
+        return bool(self.client.set(keys.rebuild_lock(), token, nx=True, ex=seconds))
+
+    def unlock_restore(self, token: str) -> None:
+        """Give the rebuild lock back, if it is still the one `token` took."""
+        if self.client.get(keys.rebuild_lock()) == token.encode():
+            self.client.delete(keys.rebuild_lock())

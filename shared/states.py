@@ -1,4 +1,4 @@
-"""The execution lifecycle: statuses, triggers and the allowed transitions."""
+"""The enumerations of agx: execution statuses and triggers, agent output, schedule policies."""
 
 from __future__ import annotations
 
@@ -24,17 +24,6 @@ TERMINAL = frozenset({ExecutionStatus.completed, ExecutionStatus.failed, Executi
 #: Statuses of an execution that is not finished (the index ix_executions_in_flight's predicate).
 IN_FLIGHT = (ExecutionStatus.pending.value, ExecutionStatus.running.value)
 
-#: Allowed moves; everything else is refused by compare-and-set.
-TRANSITIONS: dict[ExecutionStatus, frozenset[ExecutionStatus]] = {
-    ExecutionStatus.pending: frozenset(
-        {ExecutionStatus.running, ExecutionStatus.cancelled, ExecutionStatus.failed}
-    ),
-    ExecutionStatus.running: TERMINAL,
-    ExecutionStatus.completed: frozenset(),
-    ExecutionStatus.failed: frozenset(),
-    ExecutionStatus.cancelled: frozenset(),
-}
-
 
 class Trigger(StrEnum):
     """What created an execution."""
@@ -51,3 +40,22 @@ class AgentOutput(StrEnum):
 
     claude_stream_json = "claude-stream-json"
     text = "text"
+
+
+class Overlap(StrEnum):
+    """What a fire does while an earlier run of the same schedule is still in flight."""
+
+    skip = "skip"
+    queue = "queue"
+    allow = "allow"
+
+
+class FireOutcome(StrEnum):
+    """What became of one due time of a schedule."""
+
+    claimed = "claimed"  # a scheduler took it and is submitting (or died doing so)
+    waiting = "waiting"  # overlap `queue`: submitted once the schedule's previous run ends
+    submitted = "submitted"
+    skipped = "skipped"  # overlap policy or queue_limit: nothing submitted, reason says why
+    missed = "missed"  # no scheduler fired it within misfire_grace_seconds
+    failed = "failed"  # the submission was refused for good (agent gone, bad message)

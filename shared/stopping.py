@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from shared import events
+from shared import dispatch, events
 from shared.errors import Conflict, NotFound
 from shared.keys import control_channel
 from shared.models import Agent, Execution, utcnow
@@ -44,20 +44,13 @@ def request_stop(services: Services, execution_id: str, agent_name: str | None =
 def _forget_waiter(services: Services, row: Execution, max_parallel: int) -> None:
     try:
         heads = services.slots.release(row.agent_name, row.id, max_parallel)
-        events.emit(
-            services.redis,
-            row.id,
-            [events.status_event(1, ExecutionStatus.cancelled.value, error=STOPPED_ERROR)],
-            final=True,
+        events.emit_terminal(
+            services.redis, row.id, ExecutionStatus.cancelled.value, error=STOPPED_ERROR
         )
     except Exception:  # the reaper drops stale waiters and promotes
         log.warning("could not update Redis for stopped %s", row.id, exc_info=True)
         return
-    for head in heads:
-        try:
-            services.publish(head, row.agent_name)
-        except Exception:
-            log.warning("could not promote %s; the reaper will", head, exc_info=True)
+    dispatch.promote(services, heads, row.agent_name)
 
 
 def _tell_worker(services: Services, execution_id: str) -> None:

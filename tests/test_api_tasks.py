@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from producer import submit_execution
+from producer.submit import Publication
 from shared.models import Execution
 from shared.services import Services
 from tests.conftest import statuses, wait_for
@@ -102,7 +103,7 @@ def test_a_publish_that_fails_is_re_sent_and_the_execution_completes_once(
         submitted = submit_execution(broken, "demo", "survive the broker")
     finally:
         broken.close()
-    assert submitted.published is False
+    assert submitted.publication is Publication.failed
     assert statuses(services, [submitted.execution.id])[submitted.execution.id] == "pending"
     processes.workers()
     processes.start("reaper", "--interval", "0.5")

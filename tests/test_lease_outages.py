@@ -17,7 +17,7 @@ from shared import events, keys
 from shared.models import Execution, Transcript
 from shared.services import Services
 from tests.conftest import Processes, statuses, wait_for
-from tests.test_stop_and_faults import _agent_pids, _gone
+from tests.helpers import agent_pids, gone
 from workers import reaper
 
 
@@ -36,7 +36,7 @@ def test_a_hanging_database_write_does_not_stop_lease_renewal(
     held = settings.lease_seconds + 6  # past a lease, whenever the first write starts to hang
     eid = submit_execution(services, "demo", f"long sleep={held + 3:.0f}").execution.id
     wait_for(lambda: statuses(services, [eid])[eid] == "running", 30, message="running")
-    agent = wait_for(lambda: _agent_pids(str(tmp_path / "demo.record")), 10, message="agent")[0]
+    agent = wait_for(lambda: agent_pids(str(tmp_path / "demo.record")), 10, message="agent")[0]
     lowest = float("inf")
     with services.engine.connect() as conn:  # a row lock: every heartbeat_at write hangs
         conn.execute(text("SELECT 1 FROM executions WHERE id = :id FOR UPDATE"), {"id": eid})
@@ -46,7 +46,7 @@ def test_a_hanging_database_write_does_not_stop_lease_renewal(
             time.sleep(0.2)
         conn.rollback()
     assert lowest > 0, f"the lease lapsed ({lowest:.0f} ms) while PostgreSQL hung"
-    assert not _gone(agent), "the agent ran on"
+    assert not gone(agent), "the agent ran on"
     wait_for(lambda: statuses(services, [eid])[eid] == "completed", 30, message="completed")
 
 
@@ -65,10 +65,10 @@ def test_a_worker_that_cannot_renew_kills_its_agent_before_the_lease_can_lapse(
         eid = submit_execution(svc, "demo", "long lines=2 sleep=60").execution.id
         nxt = submit_execution(svc, "demo", "next").execution.id
         wait_for(lambda: statuses(services, [eid])[eid] == "running", 30, message="running")
-        agent = wait_for(lambda: _agent_pids(str(tmp_path / "demo.record")), 10, message="pid")[0]
+        agent = wait_for(lambda: agent_pids(str(tmp_path / "demo.record")), 10, message="pid")[0]
         os.kill(private_redis.proc.pid, signal.SIGSTOP)
         frozen, since = True, time.monotonic()
-        wait_for(lambda: _gone(agent), settings.lease_seconds + 5, message="the fence")
+        wait_for(lambda: gone(agent), settings.lease_seconds + 5, message="the fence")
         fenced_after = time.monotonic() - since
         assert fenced_after < settings.lease_seconds, "killed before the lease could lapse"
         time.sleep(max(0.0, settings.lease_seconds + 1 - fenced_after))  # Redis stays away

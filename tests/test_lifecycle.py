@@ -19,10 +19,10 @@ def test_a_terminal_status_never_changes_and_a_stale_attempt_writes_nothing(serv
     make_agent("demo")
     eid = submit_execution(services, "demo", "cas").execution.id
     with services.Session.begin() as session:
-        attempt = lifecycle.claim(session, eid, "w1")
+        attempt = lifecycle.claim_returning(session, eid, "demo", "w1").attempt
     assert attempt == 1
     with services.Session.begin() as session:
-        assert lifecycle.claim(session, eid, "w2") is None, "only one claim wins"
+        assert lifecycle.claim_returning(session, eid, "demo", "w2") is None, "one claim wins"
     with services.Session.begin() as session:
         assert lifecycle.finish(session, eid, attempt + 1, ExecutionStatus.failed, {}) is None
     with services.Session.begin() as session:
@@ -44,7 +44,7 @@ def test_a_stop_accepted_before_the_terminal_write_wins_over_completed(
     make_agent("demo")
     eid = submit_execution(services, "demo", "race").execution.id
     with services.Session.begin() as session:
-        attempt = lifecycle.claim(session, eid, "w1")
+        attempt = lifecycle.claim_returning(session, eid, "demo", "w1").attempt
     assert client.post(f"/api/agents/demo/executions/{eid}/stop").status_code == 202
     with services.Session.begin() as session:
         written = lifecycle.finish(

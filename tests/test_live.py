@@ -6,14 +6,9 @@ import pytest
 import websocket
 
 from producer import submit_execution
-from shared.models import Execution, Transcript
 from tests.conftest import statuses, wait_for
+from tests.helpers import stored
 from tests.live import WsReader, sse_events
-
-
-def _row(services, execution_id):
-    with services.Session() as session:
-        return session.get(Execution, execution_id), session.get(Transcript, execution_id)
 
 
 def _check_sequence(events, lines_expected):
@@ -39,7 +34,7 @@ def test_an_sse_client_joining_mid_run_gets_every_line_once_in_order_then_resume
     assert end == {"status": "completed"}
     everything = first + rest
     _check_sequence(everything, 300 + 3)  # init + 300 lines + reply + result
-    row, transcript = _row(services, eid)
+    row, transcript = stored(services, eid)
     assert [e["line"] for e in everything if e["type"] == "line"] == transcript.content.split("\n")
     # A finished execution replays from PostgreSQL with the same ids, even once Redis forgot it.
     services.redis.flushdb()

@@ -7,8 +7,8 @@ import sys
 import psutil
 
 from producer import submit_execution
-from shared.models import Execution, Transcript
 from tests.conftest import statuses, wait_for
+from tests.helpers import stored
 
 LONG_LINE = (
     "import sys; w = sys.stdout.buffer.write; w(b'x' * (10 * 1024 * 1024)); "
@@ -20,17 +20,12 @@ ONE_GIGABYTE = (
 )
 
 
-def _rows(services, eid):
-    with services.Session() as session:
-        return session.get(Execution, eid), session.get(Transcript, eid)
-
-
 def test_a_10_mb_line_and_invalid_utf8_are_capped_with_a_marker(services, make_agent, processes):
     make_agent("text", command=[sys.executable, "-c", LONG_LINE], output="text")
     processes.workers()
     eid = submit_execution(services, "text", "go").execution.id
     wait_for(lambda: statuses(services, [eid])[eid] == "completed", 60, message="completed")
-    _, transcript = _rows(services, eid)
+    _, transcript = stored(services, eid)
     first, second, third = transcript.content.split("\n")
     assert first.startswith("x" * 1000) and "line truncated" in first
     assert len(first) < 2 * 1024 * 1024
@@ -62,7 +57,7 @@ def test_a_gigabyte_of_output_is_drained_capped_and_the_worker_memory_stays_boun
         )
 
     wait_for(done, 240, 0.2, "the flood to finish")
-    row, transcript = _rows(services, eid)
+    row, transcript = stored(services, eid)
     assert row.status == "completed", row.error
     assert transcript.truncated and "[output truncated after" in transcript.content
     assert len(transcript.content) <= 70 * 1024 * 1024

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from shared.models import Execution, Transcript
 from tests.conftest import wait_for
-
-
-def _finished(services, execution_id):
-    with services.Session() as session:
-        row = session.get(Execution, execution_id)
-        return row if row.status in ("completed", "failed", "cancelled") else None
+from tests.helpers import finished
 
 
 def test_a_submitted_task_runs_on_a_worker_and_records_its_outcome(
@@ -23,7 +18,7 @@ def test_a_submitted_task_runs_on_a_worker_and_records_its_outcome(
     assert resp.status_code == 202, resp.json
     body = resp.json
     assert body["status"] == "pending" and body["links"]["self"].endswith(body["execution_id"])
-    row = wait_for(lambda: _finished(services, body["execution_id"]), 60, message="completion")
+    row = wait_for(lambda: finished(services, body["execution_id"]), 60, message="completion")
     assert row.status == "completed", (row.error, processes.logs())
     assert row.response == "demo: hello world"
     assert row.model_used == "claude-test-1"
@@ -54,5 +49,5 @@ def test_a_message_that_does_not_name_its_agent_still_runs(
     services.slots.enqueue("demo", row.id, submitted_us(row.created_at), 3)
     publish(services.broker, services.settings.queue, row.id)
     processes.workers()
-    done = wait_for(lambda: _finished(services, row.id), 60, message="completion")
+    done = wait_for(lambda: finished(services, row.id), 60, message="completion")
     assert done.status == "completed" and done.response == "demo: old style"

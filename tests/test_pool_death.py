@@ -9,7 +9,7 @@ import signal
 import psutil
 
 from tests.conftest import statuses, wait_for
-from tests.test_stop_and_faults import _agent_pids, _gone, _grandchild_pid
+from tests.helpers import agent_pids, gone, grandchild_pid
 
 
 def test_sigkill_to_the_whole_pool_group_kills_its_agents_and_what_they_started(
@@ -25,15 +25,15 @@ def test_sigkill_to_the_whole_pool_group_kills_its_agents_and_what_they_started(
     ]
     wait_for(lambda: set(statuses(services, ids).values()) == {"running"}, 30, message="running")
     grandchildren = [
-        wait_for(lambda i=i: _grandchild_pid(services, i), 30, message="grandchild") for i in ids
+        wait_for(lambda i=i: grandchild_pid(services, i), 30, message="grandchild") for i in ids
     ]
-    agents = [p for p in _agent_pids(str(tmp_path / "demo.record")) if p not in grandchildren]
+    agents = [p for p in agent_pids(str(tmp_path / "demo.record")) if p not in grandchildren]
     assert len(agents) == 2
     assert all(psutil.Process(a).pid != pool.pid for a in agents)
     os.killpg(pool.pid, signal.SIGKILL)  # the pool's whole process group, subreaper included
     try:
         wait_for(
-            lambda: all(_gone(p) for p in agents + grandchildren),
+            lambda: all(gone(p) for p in agents + grandchildren),
             10,
             message="agents and their children die with the pool",
         )
@@ -51,11 +51,11 @@ def test_sigkill_to_one_worker_kills_what_its_agent_started_and_the_pool_goes_on
     eid = client.post(
         "/api/agents/demo/task", json={"message": "one grandchild lines=1 sleep=60"}
     ).json["execution_id"]
-    grandchild = wait_for(lambda: _grandchild_pid(services, eid), 30, message="grandchild")
-    agent = [p for p in _agent_pids(str(tmp_path / "demo.record")) if p != grandchild][0]
+    grandchild = wait_for(lambda: grandchild_pid(services, eid), 30, message="grandchild")
+    agent = [p for p in agent_pids(str(tmp_path / "demo.record")) if p != grandchild][0]
     try:
         os.kill(psutil.Process(agent).ppid(), signal.SIGKILL)
-        wait_for(lambda: _gone(agent) and _gone(grandchild), 10, message="both die")
+        wait_for(lambda: gone(agent) and gone(grandchild), 10, message="both die")
     finally:
         for pid in (agent, grandchild):
             with contextlib.suppress(ProcessLookupError):

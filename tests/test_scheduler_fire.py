@@ -11,56 +11,18 @@ import pytest
 from sqlalchemy import select, update
 
 from producer import submit_execution
-from scheduler import FireOutcome, fire_due, recover_stale_claims, release_waiting, zone
+from scheduler import FireOutcome, fire_batch, recover_stale_claims, release_waiting, zone
 from shared.errors import AlreadyFired
 from shared.models import Execution, Schedule, ScheduleFire, utcnow
-from shared.states import Trigger
+from shared.states import IN_FLIGHT, Trigger
 from tests.conftest import statuses, wait_for
-from tests.test_schedules_cron import WEEKDAYS, ZONES
-
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
-
-
-def make_schedule(
-    services: Any,
-    agent: str = "demo",
-    cron: str = "* * * * *",
-    tz: str = "UTC",
-    next_run_at: datetime | None = T0,
-    **fields: Any,
-) -> str:
-    values = {"name": "test", "message": "hello", "overlap": "allow", **fields}
-    with services.Session.begin() as session:
-        row = Schedule(agent_name=agent, cron=cron, timezone=tz, next_run_at=next_run_at, **values)
-        session.add(row)
-        session.flush()
-        return row.id
+from tests.helpers import T0, WEEKDAYS, ZONES, history, make_schedule, runs
 
 
 def fire(services: Any, schedule_id: str, now: datetime) -> FireOutcome | None:
-    return fire_due(services, schedule_id, now, "test-scheduler", allow_seconds=True)
-
-
-def runs(services: Any, schedule_id: str) -> list[Execution]:
-    with services.Session() as session:
-        return list(
-            session.scalars(
-                select(Execution)
-                .where(Execution.schedule_id == schedule_id)
-                .order_by(Execution.scheduled_for)
-            )
-        )
-
-
-def history(services: Any, schedule_id: str) -> list[ScheduleFire]:
-    with services.Session() as session:
-        return list(
-            session.scalars(
-                select(ScheduleFire)
-                .where(ScheduleFire.schedule_id == schedule_id)
-                .order_by(ScheduleFire.scheduled_for)
-            )
-        )
+    """What the production path (`fire_batch`, waiting for the row lock) did to this schedule."""
+    fired = fire_batch(services, [schedule_id], now, "test-scheduler", allow_seconds=True)
+    return fired.outcomes.get(schedule_id)
 
 
 @pytest.mark.parametrize("tz", ZONES)
@@ -132,9 +94,7 @@ def _end_runs(services: Any, schedule_id: str, status: str = "completed") -> Non
     with services.Session.begin() as session:
         session.execute(
             update(Execution)
-            .where(
-                Execution.schedule_id == schedule_id, Execution.status.in_(("pending", "running"))
-            )
+            .where(Execution.schedule_id == schedule_id, Execution.status.in_(IN_FLIGHT))
             .values(status=status)
         )
 
@@ -344,8 +304,6 @@ def test_a_claim_left_by_a_dead_scheduler_is_settled_without_a_duplicate(
 def test_a_row_held_by_another_transaction_is_reported_locked_and_fired_once_released(
     services, make_agent
 ):
-    from scheduler import fire_batch
-
     make_agent("demo")
     schedule_id = make_schedule(services)
     with services.Session.begin() as holder:  # like the other scheduler mid-claim

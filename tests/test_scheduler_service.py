@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
@@ -9,18 +10,23 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from scheduler import TEST_SECONDS_ENV
 from shared.models import Execution, ScheduleFire, utcnow
+from shared.settings import TEST_SECONDS_ENV, Settings
 from tests.conftest import wait_for, worker_env
-from tests.test_scheduler_fire import history, make_schedule, runs
+from tests.helpers import history, make_schedule, runs
 
 PICKUP_SECONDS = 2.0  #: a change must reach the schedulers within this
 
 
 @pytest.fixture
-def seconds_env(settings, monkeypatch) -> dict[str, str]:
-    """The seconds field switched on, here (for the API) and for the scheduler processes."""
-    monkeypatch.setenv(TEST_SECONDS_ENV, "1")
+def settings(settings: Settings) -> Settings:
+    """The seconds field switched on for this module's API (the `client` fixture's services)."""
+    return replace(settings, cron_seconds=True)
+
+
+@pytest.fixture
+def seconds_env(settings: Settings) -> dict[str, str]:
+    """The seconds field switched on for the scheduler processes too."""
     return {**worker_env(settings), TEST_SECONDS_ENV: "1"}
 
 

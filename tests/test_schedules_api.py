@@ -8,7 +8,7 @@ from producer import submit_execution
 from scheduler import zone
 from shared.models import Schedule
 from shared.timefmt import parse_iso
-from tests.test_schedules_cron import WEEKDAYS, ZONES
+from tests.helpers import WEEKDAYS, ZONES
 
 GOOD = {"cron": "0 9 * * mon-fri", "timezone": "Europe/Berlin", "message": "daily report"}
 

@@ -8,26 +8,7 @@ from itertools import pairwise
 import pytest
 
 from scheduler import CronError, FireTimes, ZoneError, parse, zone
-
-ZONES = ("UTC", "Europe/Berlin", "America/New_York")
-#: cron day-of-week -> Python weekday (Monday = 0); both 0 and 7 are Sunday
-WEEKDAYS = {
-    "0": 6,
-    "1": 0,
-    "2": 1,
-    "3": 2,
-    "4": 3,
-    "5": 4,
-    "6": 5,
-    "7": 6,
-    "sun": 6,
-    "mon": 0,
-    "tue": 1,
-    "wed": 2,
-    "thu": 3,
-    "fri": 4,
-    "sat": 5,
-}
+from tests.helpers import WEEKDAYS, ZONES
 
 
 def fires(expression: str, tz: str, start: datetime, count: int) -> list[datetime]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 
@@ -11,29 +10,11 @@ import psutil
 import pytest
 
 from producer import submit_execution
+from producer.submit import Publication
 from shared import events
-from shared.models import Execution, Transcript
+from shared.models import Execution
 from tests.conftest import statuses, wait_for
-
-
-def _row(services, execution_id):
-    with services.Session() as session:
-        return session.get(Execution, execution_id), session.get(Transcript, execution_id)
-
-
-def _grandchild_pid(services, execution_id):
-    for event in events.read_stream(services.redis, execution_id, 0):
-        match = re.search(r"grandchild pid=(\d+)", event.get("line", ""))
-        if match:
-            return int(match.group(1))
-    return None
-
-
-def _gone(pid):
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+from tests.helpers import agent_pids, gone, grandchild_pid, stored, terminal
 
 
 def test_stopping_a_pending_execution_cancels_it_at_once_and_frees_its_place(
@@ -62,16 +43,16 @@ def test_stopping_a_running_execution_kills_the_agent_and_its_grandchild_and_kee
         "/api/agents/demo/task", json={"message": "long grandchild lines=5 sleep=60"}
     ).json["execution_id"]
     waiter = client.post("/api/agents/demo/task", json={"message": "next"}).json["execution_id"]
-    grandchild = wait_for(lambda: _grandchild_pid(services, eid), 30, message="grandchild")
+    grandchild = wait_for(lambda: grandchild_pid(services, eid), 30, message="grandchild")
     started = time.monotonic()
     resp = client.post(f"/api/agents/demo/executions/{eid}/stop")
     assert resp.status_code == 202
     wait_for(lambda: statuses(services, [eid])[eid] == "cancelled", 15, message="cancelled")
     assert time.monotonic() - started < 8, "SIGINT reaches the agent at once"
-    row, transcript = _row(services, eid)
+    row, transcript = stored(services, eid)
     assert row.error == "stopped by request"
     assert "grandchild pid=" in transcript.content and "line 4" in transcript.content
-    wait_for(lambda: _gone(grandchild), 10, message="grandchild gone")
+    wait_for(lambda: gone(grandchild), 10, message="grandchild gone")
     wait_for(
         lambda: statuses(services, [waiter])[waiter] == "completed",
         30,
@@ -95,9 +76,7 @@ def test_stop_racing_completion_never_yields_completed_after_an_accepted_stop(
         assert resp.status_code in (200, 202, 409)
     every = accepted + refused
     wait_for(
-        lambda: all(
-            s in ("completed", "failed", "cancelled") for s in statuses(services, every).values()
-        ),
+        lambda: all(terminal(s) for s in statuses(services, every).values()),
         60,
         message="all done",
     )
@@ -116,7 +95,7 @@ def test_a_timeout_kills_an_agent_that_ignores_sigint_and_sigterm_and_keeps_the_
         "/api/agents/demo/task", json={"message": "stubborn ignore-signals lines=3 sleep=60"}
     ).json["execution_id"]
     wait_for(lambda: statuses(services, [eid])[eid] == "failed", 30, message="timed out")
-    row, transcript = _row(services, eid)
+    row, transcript = stored(services, eid)
     assert "timed out after 2 s" in row.error
     assert "line 2" in transcript.content
 
@@ -128,25 +107,12 @@ def test_a_fake_credential_never_reaches_the_transcript_or_any_stream(
     processes.workers()
     eid = client.post("/api/agents/demo/task", json={"message": "leak secret"}).json["execution_id"]
     wait_for(lambda: statuses(services, [eid])[eid] == "completed", 30, message="completed")
-    _, transcript = _row(services, eid)
+    _, transcript = stored(services, eid)
     streamed = " ".join(e.get("line", "") for e in events.read_stream(services.redis, eid, 0))
     for text in (transcript.content, streamed):
         assert "[REDACTED]" in text
         assert "sk-ant-demo1234567890abcdefXYZ" not in text
         assert "abcdef0123456789abcdef0123" not in text
-
-
-def _agent_pids(marker):
-    found = []
-    for proc in psutil.process_iter(["cmdline", "environ"]):
-        try:
-            if marker in " ".join(proc.info["cmdline"] or []) or marker in (
-                proc.info["environ"] or {}
-            ).get("AGX_DEMO_RECORD", ""):
-                found.append(proc.pid)
-        except psutil.Error:
-            continue
-    return found
 
 
 def _pool(pool):
@@ -170,14 +136,14 @@ def test_a_worker_killed_with_sigkill_mid_run_is_failed_its_slot_returns_and_no_
         "/api/agents/demo/task", json={"message": "doomed grandchild lines=3 sleep=60"}
     ).json["execution_id"]
     waiter = client.post("/api/agents/demo/task", json={"message": "after"}).json["execution_id"]
-    grandchild = wait_for(lambda: _grandchild_pid(services, eid), 30, message="grandchild")
-    agent = [p for p in _agent_pids(str(tmp_path / "demo.record")) if p != grandchild]
+    grandchild = wait_for(lambda: grandchild_pid(services, eid), 30, message="grandchild")
+    agent = [p for p in agent_pids(str(tmp_path / "demo.record")) if p != grandchild]
     assert len(agent) == 1, "the agent process is visible"
     worker = psutil.Process(agent[0]).ppid()
     killed_at = time.monotonic()
     os.kill(worker, signal.SIGKILL)  # kill -9 the worker process that runs the agent
     wait_for(
-        lambda: _gone(agent[0]) and _gone(grandchild),
+        lambda: gone(agent[0]) and gone(grandchild),
         10,
         message="agent and grandchild die with their worker",
     )
@@ -185,7 +151,7 @@ def test_a_worker_killed_with_sigkill_mid_run_is_failed_its_slot_returns_and_no_
     processes.workers(threads=2)
     wait_for(lambda: statuses(services, [eid])[eid] == "failed", 45, message="worker lost")
     lost_after = time.monotonic() - killed_at
-    row, transcript = _row(services, eid)
+    row, transcript = stored(services, eid)
     assert "worker lost" in row.error
     assert "line 2" in transcript.content, "the transcript is rebuilt from the stream"
     wait_for(
@@ -213,14 +179,14 @@ def test_a_worker_paused_past_its_lease_can_write_nothing_and_nothing_runs_twice
     finally:
         for proc in paused:
             proc.resume()
-    row, _ = _row(services, eid)
+    row, _ = stored(services, eid)
     time.sleep(0)  # the resumed worker now races to write: it must lose
     wait_for(
-        lambda: not _agent_pids(str(tmp_path / "demo.record")),
+        lambda: not agent_pids(str(tmp_path / "demo.record")),
         20,
         message="the resumed worker kills its agent",
     )
-    final, _ = _row(services, eid)
+    final, _ = stored(services, eid)
     assert final.status == "failed" and "worker lost" in final.error
     assert final.attempt == 1 and final.completed_at == row.completed_at
     starts = (tmp_path / "demo.record").read_text().count('"start"')
@@ -305,7 +271,7 @@ def test_submissions_made_while_rabbitmq_is_down_run_once_each_after_it_returns(
         submitted = [submit_execution(services, "demo", f"offline {i}") for i in range(3)]
     finally:
         _rabbitmqctl("start_app")
-    assert not any(s.published for s in submitted)
+    assert not any(s.publication is Publication.sent for s in submitted)
     ids = [s.execution.id for s in submitted]
     wait_for(
         lambda: set(statuses(services, ids).values()) == {"completed"},

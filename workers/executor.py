@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import psycopg
 import redis
 
+from shared import dispatch
 from shared.db import driver_connection, one
 from shared.events import EventWriter
 from shared.models import id_time_us
@@ -101,7 +102,7 @@ class Executor:
         while follow is not None:
             head, name = follow
             if self.stopping.is_set() or time.monotonic() - started >= INLINE_SECONDS:
-                self._promote([head], name)
+                dispatch.promote(self.services, [head], name)
                 return
             follow = self._handle_one(head, name)
 
@@ -231,18 +232,10 @@ class Executor:
                 log.warning("could not release %s", job.execution_id, exc_info=True)
                 return None
         if events is not None and heads:
-            self._promote(heads[1:], job.agent_name)
+            dispatch.promote(self.services, heads[1:], job.agent_name)
             return heads[0]
-        self._promote(heads, job.agent_name)
+        dispatch.promote(self.services, heads, job.agent_name)
         return None
-
-    def _promote(self, heads: list[str], agent: str) -> None:
-        """Publish promoted waiters; one that cannot be sent is re-sent by the reaper."""
-        for head in heads:
-            try:
-                self.services.publish(head, agent)
-            except Exception:  # the reaper re-sends heads of waiting lists
-                log.warning("could not promote %s; the reaper will", head, exc_info=True)
 
     def _run(self, job: Job, attempt: int, leased_at: float) -> str | None:
         transcript: list[str] = []

@@ -42,12 +42,8 @@ _CLAIM_RETURNING = (
     " WHERE id = %(id)s AND agent_name = %(agent)s AND status = 'pending'"
     " RETURNING attempt, message, model, resume_session_id, timeout_seconds, created_at"
 )
-_CLAIM = (
-    "UPDATE executions SET status = 'running', attempt = attempt + 1, started_at = %(now)s,"
-    " heartbeat_at = %(now)s, worker_id = %(worker)s"
-    " WHERE id = %(id)s AND status = 'pending' RETURNING attempt"
-)
-# A stop accepted before this write wins over whatever the run produced (invariant 2).
+# A stop accepted before this write wins over whatever the run produced (invariant 2,
+# docs/architecture.md).
 _FINISH = (
     "UPDATE executions SET"
     " status = CASE WHEN cancel_requested_at IS NULL THEN %(status)s ELSE 'cancelled' END,"
@@ -75,14 +71,9 @@ _QUEUED = (
 )
 
 
-def claim(conn: Conn, execution_id: str, worker_id: str) -> int | None:
-    """CAS pending -> running, bumping the fencing token; returns the new attempt or None."""
-    row = one(conn, _CLAIM, {"id": execution_id, "now": utcnow(), "worker": worker_id})
-    return None if row is None else int(row.attempt)
-
-
 def claim_returning(conn: Conn, execution_id: str, agent: str, worker_id: str) -> Any:
-    """`claim`, also returning what the run needs (attempt, message, model, ...), or None."""
+    """CAS pending -> running, bumping the fencing token (attempt); returns what the run needs
+    (attempt, message, model, ...), or None when another claim won."""
     params = {"id": execution_id, "agent": agent, "now": utcnow(), "worker": worker_id}
     return one(conn, _CLAIM_RETURNING, params)
 

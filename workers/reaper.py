@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from shared import events, keys
+from shared import dispatch, events
 from shared.models import Agent, Execution, utcnow
 from shared.rebuild import ensure_epoch
 from shared.services import Services
@@ -48,7 +48,7 @@ def redispatch(services: Services) -> list[str]:
             .limit(BATCH)
             .with_for_update(of=Execution, skip_locked=True)
         ).all()
-        lost = [r for r in rows if not _known_to_redis(services, r.agent_name, r.id)]
+        lost = [r for r in rows if not services.slots.knows(r.agent_name, r.id)]
         if lost:
             session.execute(
                 update(Execution)
@@ -60,18 +60,12 @@ def redispatch(services: Services) -> list[str]:
             _, fits = services.slots.enqueue(
                 row.agent_name, row.id, submitted_us(row.created_at), row.max_parallel_tasks
             )
-            if fits:  # the others are published by the release that makes room for them
-                services.publish(row.id, row.agent_name)
         except Exception:
             log.warning("re-dispatch of %s failed; next sweep retries", row.id, exc_info=True)
+            continue
+        if fits:  # the others are published by the release that makes room for them
+            dispatch.send(services, row.id, row.agent_name)
     return [r.id for r in lost]
-
-
-def _known_to_redis(services: Services, agent: str, execution_id: str) -> bool:
-    pipe = services.redis.pipeline(transaction=False)
-    pipe.zscore(keys.slots(agent), execution_id)
-    pipe.zscore(keys.waiting(agent), execution_id)
-    return any(v is not None for v in pipe.execute())
 
 
 def fail_lost(services: Services) -> list[str]:
@@ -97,15 +91,13 @@ def fail_lost(services: Services) -> list[str]:
             .with_for_update(of=Execution, skip_locked=True)
         ).all()
         for eid, agent, attempt, output in rows:
-            if services.redis.zscore(keys.slots(agent), eid) is None:
+            if not services.slots.holds(agent, eid):
                 final = _settle(services, session, eid, attempt, output)
                 if final is not None:
                     settled.append(final)
     for final in settled:
-        extra = {"error": final.error, "response": final.response}
-        last = events.last_event_id(services.redis, final.id)
-        events.emit(
-            services.redis, final.id, [events.status_event(last + 1, final.status, **extra)], True
+        events.emit_terminal(
+            services.redis, final.id, final.status, error=final.error, response=final.response
         )
     return [final.id for final in settled]
 
@@ -133,12 +125,7 @@ def promote(services: Services) -> list[str]:
         limits = dict(session.execute(select(Agent.name, Agent.max_parallel_tasks)).all())
     sent = []
     for agent, limit in limits.items():
-        for head in services.slots.heads(agent, limit):
-            try:
-                services.publish(head, agent)
-                sent.append(head)
-            except Exception:
-                log.warning("promotion of %s failed", head, exc_info=True)
+        sent += dispatch.promote(services, services.slots.heads(agent, limit), agent)
     return sent
 
 

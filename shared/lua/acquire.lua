@@ -10,17 +10,13 @@
 -- ARGV[6] submission time (us), the execution's place in the FIFO
 -- Returns {1, 0} admitted (or already held), {0, position} parked (1-based),
 -- {-1, 0} Redis lost its data: rebuild from PostgreSQL first (nothing was written).
-if redis.replicate_commands then pcall(redis.replicate_commands) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- (`now` and `purge_lapsed` come from prelude.lua, prepended when the script is loaded.)
 local id = ARGV[1]
 if redis.call('EXISTS', KEYS[5]) == 0 then return {-1, 0} end
 redis.call('SADD', KEYS[4], ARGV[2])
 
 -- Lapsed leases free their slots before anyone is counted.
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, member in ipairs(lapsed) do redis.call('HDEL', KEYS[2], member) end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+purge_lapsed(KEYS[1], KEYS[2])
 
 if redis.call('ZSCORE', KEYS[1], id) then return {1, 0} end
 

@@ -8,9 +8,7 @@
 -- ARGV[1] execution_id   ARGV[2] submission time (us)   ARGV[3] agent name
 -- ARGV[4] max_parallel
 -- Returns {place in the queue beyond the free slots (<= 0: it fits), 1 if it fits now else 0}.
-if redis.replicate_commands then pcall(redis.replicate_commands) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- (`now` and `purge_lapsed` come from prelude.lua, prepended when the script is loaded.)
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
 local rank = redis.call('ZRANK', KEYS[1], ARGV[1])

@@ -8,18 +8,14 @@
 -- ARGV[1] execution_id ('' to release nothing)   ARGV[2] max_parallel
 -- ARGV[3] ms after which a notified head counts as lost and is named again
 -- Returns the execution ids to publish.
-if redis.replicate_commands then pcall(redis.replicate_commands) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- (`now` and `purge_lapsed` come from prelude.lua, prepended when the script is loaded.)
 if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('ZREM', KEYS[4], ARGV[1])
 end
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, member in ipairs(lapsed) do redis.call('HDEL', KEYS[2], member) end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+purge_lapsed(KEYS[1], KEYS[2])
 local free = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
 if free <= 0 then return {} end
 local heads = redis.call('ZRANGE', KEYS[3], 0, free - 1)

@@ -5,13 +5,9 @@
 -- ARGV[1] execution_id   ARGV[2] lease_ms   ARGV[3] max_parallel
 -- ARGV[4] remaining cap ms (the holder's own count of timeout + buffer left)
 -- Returns 1 renewed, 2 restored, 0 gone for good (stop work).
-if redis.replicate_commands then pcall(redis.replicate_commands) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- (`now` and `purge_lapsed` come from prelude.lua, prepended when the script is loaded.)
 local id = ARGV[1]
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, member in ipairs(lapsed) do redis.call('HDEL', KEYS[2], member) end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+purge_lapsed(KEYS[1], KEYS[2])
 
 local cap = tonumber(redis.call('HGET', KEYS[2], id) or (now + tonumber(ARGV[4])))
 local expiry = math.min(now + tonumber(ARGV[2]), cap)
