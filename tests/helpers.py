@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import psutil
-from sqlalchemy import select
+from sqlalchemy import Engine, create_engine, select, text
 
 from shared import events
 from shared.models import Execution, Schedule, ScheduleFire, Transcript
@@ -125,3 +127,26 @@ def history(services: Any, schedule_id: str) -> list[ScheduleFire]:
                 .order_by(ScheduleFire.scheduled_for)
             )
         )
+
+
+@contextlib.contextmanager
+def postgres_outage(engine: Engine) -> Iterator[None]:
+    """While inside, the engine's database takes no connection and has none: every session
+    to it is terminated. Restored however the block ends."""
+    admin = create_engine(engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    database = engine.url.database
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": database},
+            )
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        admin.dispose()

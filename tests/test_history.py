@@ -24,13 +24,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import psutil
-from sqlalchemy import create_engine, text
 
 from producer import submit_execution
 from shared.errors import QueueFull
 from shared.models import Agent, Execution
 from shared.services import Services
+from shared.states import IN_FLIGHT
 from tests.conftest import Processes, wait_for
+from tests.helpers import postgres_outage
 
 LIMITS = {"h2": 2, "h3": 3}  #: agent -> max_parallel_tasks
 LEASE_SECONDS = 6.0
@@ -133,26 +134,6 @@ def _freeze(pid: int, seconds: float) -> None:
         os.kill(pid, signal.SIGCONT)
 
 
-def _postgres_outage(svc: Services, seconds: float) -> None:
-    admin = create_engine(svc.engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    database = svc.engine.url.database
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = :db AND pid <> pg_backend_pid()"
-                ),
-                {"db": database},
-            )
-        time.sleep(seconds)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
-        admin.dispose()
-
-
 def _orphans_of(killed: list[int]) -> list[int]:
     """Agent processes among `killed`'s descendants still alive 2 s after the kill."""
     deadline = time.monotonic() + 2
@@ -210,7 +191,8 @@ def test_a_history_with_faults_keeps_every_invariant(
             time.sleep(4)
             _freeze(private_redis.proc.pid, LEASE_SECONDS + 2)
             time.sleep(4)
-            _postgres_outage(svc, 3)
+            with postgres_outage(svc.engine):
+                time.sleep(3)
             time.sleep(4)
             orphans += _kill_a_pool(pools)
             pools.append(procs.workers(threads=4))
@@ -221,7 +203,7 @@ def test_a_history_with_faults_keeps_every_invariant(
         def settled() -> bool:
             with services.Session() as session:
                 rows = session.query(Execution.status).filter(Execution.id.in_(accepted)).all()
-            live = [s for (s,) in rows if s in ("pending", "running")]
+            live = [s for (s,) in rows if s in IN_FLIGHT]
             return len(rows) == len(accepted) and not live
 
         wait_for(settled, 180, 0.5, "every accepted execution settled")

@@ -10,14 +10,14 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from producer import submit_execution
 from shared import events, keys
 from shared.models import Execution, Transcript
 from shared.services import Services
 from tests.conftest import Processes, statuses, wait_for
-from tests.helpers import agent_pids, gone
+from tests.helpers import agent_pids, gone, postgres_outage
 from workers import reaper
 
 
@@ -95,27 +95,10 @@ def test_a_run_that_ends_while_postgresql_is_away_is_recorded_completed(
     processes.workers(threads=2)
     eid = submit_execution(services, "demo", "patient sleep=2").execution.id
     wait_for(lambda: statuses(services, [eid])[eid] == "running", 30, message="running")
-    admin = create_engine(
-        services.engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT"
-    )
-    database = services.engine.url.database
     record = tmp_path / "demo.record"
-    try:
-        with admin.connect() as conn:  # an outage for this database: no session, no new ones
-            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = :db AND pid <> pg_backend_pid()"
-                ),
-                {"db": database},
-            )
+    with postgres_outage(services.engine):  # no session, no new ones
         wait_for(lambda: record.exists() and '"end"' in record.read_text(), 30, message="end")
         time.sleep(2)  # the outage goes on past the agent's end: the terminal write fails
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
-        admin.dispose()
     wait_for(lambda: statuses(services, [eid])[eid] != "running", 30, message="recorded")
     with services.Session() as session:
         row = session.get(Execution, eid)
