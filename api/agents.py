@@ -7,7 +7,6 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from api.context import (
@@ -24,7 +23,8 @@ from producer import submit_execution
 from shared.agents import AgentPatch, AgentSpec, agent_values
 from shared.errors import Conflict
 from shared.models import Agent, Execution
-from shared.states import IN_FLIGHT, ExecutionStatus, Trigger
+from shared.states import ExecutionStatus, Trigger
+from shared.store import agents, executions
 
 bp = Blueprint("agents", __name__, url_prefix="/api/agents")
 
@@ -45,8 +45,8 @@ def list_agents() -> Any:
     """List the agents the caller may see."""
     who = principal()
     with services().Session() as session:
-        agents = session.scalars(select(Agent).order_by(Agent.name)).all()
-    items = [agent_dict(a, who.is_admin) for a in agents if who.may_see(a.name)]
+        rows = agents.all_agents(session)
+    items = [agent_dict(a, who.is_admin) for a in rows if who.may_see(a.name)]
     return jsonify({"items": items})
 
 
@@ -58,7 +58,7 @@ def create_agent(body: AgentSpec) -> Any:
     exists = Conflict(f"agent '{body.name}' already exists; PATCH it instead")
     try:
         with services().Session.begin() as session:
-            if session.get(Agent, body.name) is not None:
+            if agents.get(session, body.name) is not None:
                 raise exists
             agent = Agent(name=body.name, **agent_values(body))
             session.add(agent)
@@ -101,11 +101,7 @@ def delete_agent(name: str) -> Any:
     require_admin()
     with services().Session.begin() as session:
         agent = agent_or_404(session, name, "update")
-        live = session.scalar(
-            select(func.count())
-            .select_from(Execution)
-            .where(Execution.agent_name == name, Execution.status.in_(IN_FLIGHT))
-        )
+        live = agents.in_flight(session, name)
         if live:
             raise Conflict(
                 f"agent '{name}' has {live} pending or running executions; stop them first"
@@ -150,7 +146,7 @@ def _wait_terminal(execution_id: str, max_seconds: float) -> Execution:
     delay = 0.02
     while True:
         with services().Session() as session:
-            execution = session.get(Execution, execution_id)
+            execution = executions.get(session, execution_id)
         assert execution is not None
         if ExecutionStatus(execution.status).terminal or time.monotonic() >= deadline:
             return execution

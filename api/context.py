@@ -13,6 +13,7 @@ from shared.apikeys import Principal, authenticate, authenticate_session
 from shared.errors import AgxError, NotFound
 from shared.models import Agent
 from shared.services import Services
+from shared.store import agents
 
 
 class Unauthorized(AgxError):
@@ -101,17 +102,12 @@ def require_agent_visible(name: str) -> Principal:
     return who
 
 
-#: How `agent_or_404` locks the row: SELECT ... FOR UPDATE, or FOR KEY SHARE.
-_LOCKS: dict[str, Any] = {"update": True, "key share": {"key_share": True}}
-
-
 def agent_or_404(
     session: Session, name: str, lock: Literal["update", "key share"] | None = None
 ) -> Agent:
     """The agent (404 when there is none), locked as asked: `update` against concurrent
     changes (re-read under the lock), `key share` only against its deletion."""
-    locking = _LOCKS.get(lock) if lock else None
-    agent = session.get(Agent, name, with_for_update=locking, populate_existing=lock == "update")
+    agent = agents.get(session, name, lock)
     if agent is None:
         raise NotFound(f"agent '{name}' does not exist")
     return agent

@@ -6,21 +6,21 @@ import base64
 import binascii
 import logging
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import redis
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import ColumnElement, Select, and_, or_, select, tuple_
 
 from api.context import principal, require_agent_visible, services
 from api.serialize import execution_dict
 from api.validation import query_params
 from shared.errors import InvalidField, NotFound
-from shared.models import Execution, Transcript
+from shared.models import Execution
 from shared.states import ExecutionStatus, Trigger
 from shared.stopping import request_stop
+from shared.store import executions
 from shared.timefmt import parse_iso
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,10 @@ def get_execution(name: str, execution_id: str) -> Any:
     """The whole record of one execution, with its transcript."""
     who = require_agent_visible(name)
     with services().Session() as session:
-        execution = session.get(Execution, execution_id)
+        execution = executions.get(session, execution_id)
         if execution is None or execution.agent_name != name:
             raise NotFound(f"execution '{execution_id}' of agent '{name}' does not exist")
-        transcript = session.get(Transcript, execution_id)
+        transcript = executions.transcript(session, execution_id)
     return jsonify(
         execution_dict(
             execution,
@@ -79,51 +79,26 @@ def get_execution(name: str, execution_id: str) -> Any:
 
 
 def _page(query: ListQuery) -> dict[str, Any]:
-    stmt = _filtered(select(Execution), query)
-    if query.cursor:
-        created, eid = _decode_cursor(query.cursor)
-        stmt = stmt.where(tuple_(Execution.created_at, Execution.id) < tuple_(created, eid))
-    stmt = stmt.order_by(Execution.created_at.desc(), Execution.id.desc()).limit(query.limit + 1)
+    who = principal()
+    filters = executions.Filters(
+        visible=None if who.is_admin else who.agents,
+        agent=query.agent,
+        status=query.status,
+        trigger=query.trigger,
+        since=query.since,
+        until=query.until,
+        q=query.q,
+    )
+    before = _decode_cursor(query.cursor) if query.cursor else None
     with services().Session() as session:
-        rows = list(session.scalars(stmt))
+        rows = executions.page(session, filters, query.limit + 1, before)
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     positions = _positions(rows)
     return {
-        "items": [execution_dict(r, principal(), positions.get(r.id)) for r in rows],
+        "items": [execution_dict(r, who, positions.get(r.id)) for r in rows],
         "next_cursor": _encode_cursor(rows[-1]) if more and rows else None,
     }
-
-
-def _filtered(stmt: Select[Any], query: ListQuery) -> Select[Any]:
-    who = principal()
-    conditions: list[ColumnElement[bool]] = []
-    if not who.is_admin:
-        conditions.append(Execution.agent_name.in_(who.agents))
-    if query.agent:
-        conditions.append(Execution.agent_name == query.agent)
-    if query.status:
-        conditions.append(Execution.status == query.status)
-    if query.trigger:
-        conditions.append(Execution.triggered_by == query.trigger)
-    if query.since:
-        conditions.append(Execution.created_at >= _aware(query.since))
-    if query.until:
-        conditions.append(Execution.created_at < _aware(query.until))
-    if query.q:
-        pattern = "%" + query.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        conditions.append(
-            or_(
-                Execution.message.ilike(pattern),
-                Execution.response.ilike(pattern),
-                Execution.id == query.q,
-            )
-        )
-    return stmt.where(and_(*conditions)) if conditions else stmt
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _positions(rows: list[Execution]) -> dict[str, int]:

@@ -11,9 +11,9 @@ from typing import Any
 
 from api.hub import Hub, Subscriber
 from shared import events
-from shared.models import Execution, Transcript
 from shared.services import Services
 from shared.states import ExecutionStatus
+from shared.store import executions
 
 Event = dict[str, Any]
 KEEPALIVE: list[Event] = []  #: yielded when nothing happened for a while (an empty batch)
@@ -80,10 +80,10 @@ def _stored_after(services: Services, execution_id: str, after: int) -> list[Eve
 def _stored_events(services: Services, execution_id: str) -> list[Event] | None:
     """A finished execution's events rebuilt from PostgreSQL; None while it is not finished."""
     with services.Session() as session:
-        row = session.get(Execution, execution_id)
+        row = executions.get(session, execution_id)
         if row is None or not ExecutionStatus(row.status).terminal:
             return None
-        transcript = session.get(Transcript, execution_id)
+        transcript = executions.transcript(session, execution_id)
     lines = transcript.content.split("\n") if transcript and transcript.line_count else []
     extra = {"error": row.error, "response": row.response}
     return list(events.replay_stored(lines, row.started_at is not None, row.status, extra))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify
-from sqlalchemy import text
 
 from api.context import services
+from shared import store
 
 bp = Blueprint("health", __name__)
 
@@ -36,8 +36,7 @@ def readyz() -> Any:
 
 
 def _database() -> None:
-    with services().engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
+    store.ping(services().engine)
 
 
 def _redis() -> None:

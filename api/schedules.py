@@ -7,7 +7,6 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.context import agent_or_404, principal, require_agent_visible, services
@@ -15,10 +14,11 @@ from api.serialize import fire_dict, schedule_dict
 from api.validation import json_body, query_params
 from producer.submit import validate_message, validate_model
 from scheduler import CronError, FireTimes, ZoneError, parse, zone
-from scheduler.records import recent
 from shared.errors import InvalidField, NotFound
-from shared.models import Execution, Schedule, utcnow
+from shared.models import Schedule, utcnow
 from shared.states import FireOutcome, Overlap
+from shared.store import executions, schedules
+from shared.store.schedules import recent
 from shared.timefmt import iso
 
 bp = Blueprint("schedules", __name__, url_prefix="/api")
@@ -82,7 +82,7 @@ def list_schedules() -> Any:
     """All schedules the caller may see."""
     who = principal()
     with services().Session() as session:
-        rows = session.scalars(select(Schedule).order_by(Schedule.agent_name, Schedule.created_at))
+        rows = schedules.all_schedules(session)
         return jsonify({"items": [schedule_dict(s) for s in rows if who.may_see(s.agent_name)]})
 
 
@@ -92,9 +92,7 @@ def list_agent_schedules(name: str) -> Any:
     require_agent_visible(name)
     with services().Session() as session:
         agent_or_404(session, name)
-        rows = session.scalars(
-            select(Schedule).where(Schedule.agent_name == name).order_by(Schedule.created_at)
-        )
+        rows = schedules.all_schedules(session, name)
         return jsonify({"items": [schedule_dict(s) for s in rows]})
 
 
@@ -130,7 +128,7 @@ def _what_to_send(session: Session, agent: str, body: ScheduleCreate) -> tuple[s
     """Message and model: as given, else copied from `from_execution_id`."""
     message, model = body.message, body.model
     if body.from_execution_id is not None:
-        source = session.get(Execution, body.from_execution_id)
+        source = executions.get(session, body.from_execution_id)
         if source is None or source.agent_name != agent:
             raise InvalidField(
                 "from_execution_id", f"no execution '{body.from_execution_id}' of agent '{agent}'"
@@ -228,7 +226,7 @@ def delete_schedule(schedule_id: str) -> Any:
 
 
 def _schedule(session: Session, schedule_id: str, lock: bool = False) -> Schedule:
-    schedule = session.get(Schedule, schedule_id, with_for_update=lock or None)
+    schedule = schedules.get(session, schedule_id, lock)
     if schedule is None or not principal().may_see(schedule.agent_name):
         raise NotFound(f"schedule '{schedule_id}' does not exist")
     return schedule

@@ -24,6 +24,7 @@ from api.hub import Batch, Hub
 from api.limits import MAX_CLIENT_MESSAGE_BYTES, SendOnlyServer, StreamLimits, StreamSlot
 from shared.errors import AgxError, InvalidField, NotFound, StreamsBusy, TooManyStreams
 from shared.models import Execution
+from shared.store import executions
 
 bp = Blueprint("streams", __name__)
 
@@ -52,7 +53,7 @@ def _visible_execution(execution_id: str) -> Execution:
     row = None
     if len(execution_id) <= MAX_ID_LENGTH and "\x00" not in execution_id:
         with services().Session() as session:
-            row = session.get(Execution, execution_id)
+            row = executions.get(session, execution_id)
     if row is None or not who.may_see(row.agent_name):
         raise NotFound(f"execution '{execution_id[:MAX_ID_LENGTH]}' does not exist")
     return row
@@ -79,7 +80,7 @@ def _end_status(execution_id: str, last: dict[str, Any] | None) -> str | None:
     if last is not None and is_terminal(last):
         return str(last["status"])
     with services().Session() as session:
-        row = session.get(Execution, execution_id)
+        row = executions.get(session, execution_id)
     return row.status if row is not None else None
 
 

@@ -13,12 +13,13 @@ import psycopg
 
 from shared import dispatch
 from shared.agents import MODEL_PATTERN
-from shared.db import driver_connection, one
-from shared.errors import AlreadyFired, InvalidField, NotFound, QueueFull
+from shared.db import driver_connection
+from shared.errors import InvalidField, NotFound, QueueFull
 from shared.models import Execution, new_id, utcnow
 from shared.services import Services
 from shared.slots import submitted_us
 from shared.states import ExecutionStatus, Trigger
+from shared.store import agents, executions
 
 log = logging.getLogger(__name__)
 
@@ -81,44 +82,8 @@ def validate_timeout(timeout: object, agent: Any, field: str = "timeout_seconds"
     return timeout
 
 
-# The in-flight count reads the partial index ix_executions_in_flight (same predicate).
-_AGENT = (
-    "SELECT a.name, a.max_parallel_tasks, a.queue_limit, a.timeout_seconds, a.default_model,"
-    " (SELECT count(*) FROM executions e"
-    "   WHERE e.agent_name = a.name AND e.status IN ('pending', 'running')) AS in_flight"
-    " FROM agents a WHERE a.name = %(name)s"
-)
-_COLUMNS = (
-    "id",
-    "agent_name",
-    "status",
-    "triggered_by",
-    "message",
-    "model",
-    "timeout_seconds",
-    "source",
-    "schedule_id",
-    "scheduled_for",
-    "parent_execution_id",
-    "resume_session_id",
-    "created_at",
-    "queued_at",
-    "dispatched_at",
-    "attempt",
-)
-_INSERT = (
-    f"INSERT INTO executions ({', '.join(_COLUMNS)})"
-    f" VALUES ({', '.join(f'%({c})s' for c in _COLUMNS)})"
-)
-_LOCK_AGENT = "SELECT 1 FROM agents WHERE name = %(name)s FOR NO KEY UPDATE"
-_IN_FLIGHT = (
-    "SELECT count(*) AS n FROM executions"
-    " WHERE agent_name = %(name)s AND status IN ('pending', 'running')"
-)
-
-
 def _agent(conn: psycopg.Connection[Any], agent_name: str) -> Any:
-    agent = one(conn, _AGENT, {"name": agent_name})
+    agent = agents.for_submit(conn, agent_name)
     if agent is None:
         raise NotFound(f"agent '{agent_name}' does not exist")
     return agent
@@ -138,25 +103,11 @@ def _insert_exactly(services: Services, agent: Any, row: dict[str, Any]) -> None
     """Near the limit: lock the agent row, count afresh (a new statement, a new snapshot),
     then refuse or insert, in one transaction, so the limit is exact under concurrency."""
     with driver_connection(services.engine) as conn, conn.transaction():
-        conn.execute(_LOCK_AGENT, {"name": agent.name})
-        in_flight = int(one(conn, _IN_FLIGHT, {"name": agent.name}).n)
+        agents.lock_key(conn, agent.name)
+        in_flight = agents.in_flight(conn, agent.name)
         _refuse_if_full(agent, in_flight)
         row["queued_at"] = row["created_at"] if in_flight >= agent.max_parallel_tasks else None
-        _insert(conn, row)
-
-
-def _insert(conn: psycopg.Connection[Any], row: dict[str, Any]) -> None:
-    """INSERT the row; the database's refusals become the errors callers handle."""
-    try:
-        conn.execute(_INSERT, row)
-    except psycopg.errors.UniqueViolation as exc:
-        if exc.diag.constraint_name != "one_fire_per_due_time":
-            raise
-        raise AlreadyFired(
-            f"schedule {row['schedule_id']} has an execution for {row['scheduled_for']} already"
-        ) from exc
-    except psycopg.errors.ForeignKeyViolation as exc:  # deleted since it was read
-        raise NotFound(f"agent '{row['agent_name']}' does not exist") from exc
+        executions.insert(conn, row)
 
 
 def submit_execution(
@@ -182,7 +133,7 @@ def submit_execution(
         _refuse_if_full(agent, agent.in_flight)
         now = utcnow()
         row: dict[str, Any] = dict(
-            id=new_id(),  # every column of _COLUMNS, in its order
+            id=new_id(),  # every column of executions.COLUMNS
             agent_name=agent.name,
             status=ExecutionStatus.pending.value,
             triggered_by=Trigger(triggered_by).value,
@@ -202,7 +153,7 @@ def submit_execution(
         # Far from the limit: no lock, so one agent's submissions run in parallel.
         fast = agent.in_flight + LOCK_MARGIN < agent.max_parallel_tasks + agent.queue_limit
         if fast:
-            _insert(conn, row)
+            executions.insert(conn, row)
     if not fast:  # after giving that connection back: never hold two from the pool at once
         _insert_exactly(services, agent, row)
     execution = Execution(**row)

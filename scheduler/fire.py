@@ -16,12 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from producer import submit_execution
 from scheduler.plan import Plan, overlap_decision, plan
-from scheduler.records import (
+from shared.errors import AlreadyFired, InvalidField, NotFound, QueueFull
+from shared.models import utcnow
+from shared.services import Services
+from shared.states import FireOutcome, Overlap, Trigger
+from shared.store import executions
+from shared.store.schedules import (
     Record,
     claim_waiting,
     existing,
@@ -34,10 +38,6 @@ from scheduler.records import (
     set_last_run,
     set_next_runs,
 )
-from shared.errors import AlreadyFired, InvalidField, NotFound, QueueFull
-from shared.models import Execution, utcnow
-from shared.services import Services
-from shared.states import FireOutcome, Overlap, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +210,7 @@ def submit_claim(services: Services, claim: Claim) -> Settled | None:
 def execution_of(services: Services, claim: Claim) -> str | None:
     """The execution already made for a claim's due time, if any."""
     with services.Session() as session:
-        return session.scalar(
-            select(Execution.id).where(
-                Execution.schedule_id == claim.schedule_id, Execution.scheduled_for == claim.due
-            )
-        )
+        return executions.of_due_time(session, claim.schedule_id, claim.due)
 
 
 def settle(services: Services, settled: Sequence[Settled]) -> None:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from scheduler.records import Record
 from scheduler.timing import FireTimes
 from shared.states import ExecutionStatus, FireOutcome, Overlap
+from shared.store.schedules import Record
 
 log = logging.getLogger(__name__)
 

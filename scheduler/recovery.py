@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
-
 from scheduler.fire import Claim, Settled, execution_of, settle, submit_claim
-from shared.models import Schedule, ScheduleFire, utcnow
+from shared.models import Schedule, ScheduleFire
 from shared.services import Services
 from shared.states import FireOutcome
+from shared.store import schedules
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +22,9 @@ def recover_stale_claims(
 ) -> int:
     """Settle claims left unsettled for `stale_seconds`; returns how many were taken over."""
     with services.Session.begin() as session:
-        rows = session.execute(
-            select(ScheduleFire, Schedule)
-            .join(Schedule, Schedule.id == ScheduleFire.schedule_id)
-            .where(
-                ScheduleFire.outcome == FireOutcome.claimed.value,
-                ScheduleFire.updated_at < now - timedelta(seconds=stale_seconds),
-            )
-            .order_by(ScheduleFire.updated_at)
-            .limit(BATCH)
-            .with_for_update(of=ScheduleFire, skip_locked=True)
-        ).all()
-        for fire, _ in rows:  # taken over: other schedulers leave it alone from now on
-            fire.scheduler_id, fire.updated_at = scheduler_id, utcnow()
+        older_than = now - timedelta(seconds=stale_seconds)
+        rows = schedules.lock_stale_claims(session, older_than, BATCH)
+        schedules.take_over([fire for fire, _ in rows], scheduler_id)
     for fire, schedule in rows:
         _recover(services, fire, schedule, now)
     return len(rows)

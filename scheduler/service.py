@@ -22,15 +22,14 @@ from typing import Any
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
-from sqlalchemy import select
 
 from scheduler.dueset import DueSet
 from scheduler.fire import fire_batch, release_waiting
-from scheduler.records import prune
 from scheduler.recovery import recover_stale_claims
 from scheduler.timing import FireTimes
-from shared.models import Schedule, utcnow
+from shared.models import utcnow
 from shared.services import Services
+from shared.store.schedules import enabled_versions, prune
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +127,7 @@ class SchedulerService:
     def sync(self) -> None:
         """Add, replace or drop jobs so they match the enabled schedules in the database."""
         with self.services.Session() as session:
-            rows = session.execute(
-                select(
-                    Schedule.id,
-                    Schedule.updated_at,
-                    Schedule.cron,
-                    Schedule.timezone,
-                    Schedule.next_run_at,
-                ).where(Schedule.enabled)
-            ).all()
+            rows = enabled_versions(session)
         now = self.clock()
         changed = [
             row

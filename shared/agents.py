@@ -17,6 +17,7 @@ from shared.models import (
     Agent,
 )
 from shared.states import AgentOutput
+from shared.store import agents as agent_store
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 #: A model name: safe characters only, since it becomes an argv item.
@@ -110,7 +111,7 @@ def agent_values(spec: AgentPatch) -> dict[str, Any]:
 def upsert_agent(session: Session, spec: AgentSpec) -> str:
     """Create or update an agent from a full spec; returns 'created', 'updated' or 'unchanged'."""
     values = agent_values(spec)
-    agent = session.get(Agent, spec.name, with_for_update=True)
+    agent = agent_store.get(session, spec.name, "update")
     if agent is None:
         session.add(Agent(name=spec.name, **values))
         return "created"

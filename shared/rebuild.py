@@ -10,12 +10,10 @@ import logging
 import time
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
-
-from shared.models import Agent, Execution, utcnow
+from shared.models import utcnow
 from shared.services import Services
 from shared.slots import Lease, Waiter, submitted_us
-from shared.states import ExecutionStatus
+from shared.store import executions
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +47,8 @@ def rebuild(services: Services) -> None:
     """Restore leases of running rows and the FIFO of pending rows from PostgreSQL."""
     buffer = timedelta(seconds=services.settings.lease_buffer_seconds)
     with services.Session() as session:
-        running = session.execute(
-            select(
-                Execution.id,
-                Execution.agent_name,
-                Execution.started_at,
-                Execution.timeout_seconds,
-                Agent.timeout_seconds,
-            )
-            .join(Agent, Agent.name == Execution.agent_name)
-            .where(Execution.status == ExecutionStatus.running.value)
-        ).all()
-        pending = session.execute(
-            select(Execution.id, Execution.agent_name, Execution.created_at).where(
-                Execution.status == ExecutionStatus.pending.value
-            )
-        ).all()
+        running = executions.running_with_timeouts(session)
+        pending = executions.pending_by_agent(session)
     leases = [
         Lease(agent, eid, _cap_left(started_at, own_timeout or agent_timeout, buffer))
         for eid, agent, started_at, own_timeout, agent_timeout in running

@@ -20,6 +20,9 @@ class ExecutionStatus(StrEnum):
         return self in TERMINAL
 
 
+#: The error of an execution stopped by request (stop, or a stop that won over its outcome).
+STOPPED_ERROR = "stopped by request"
+
 TERMINAL = frozenset({ExecutionStatus.completed, ExecutionStatus.failed, ExecutionStatus.cancelled})
 #: Statuses of an execution that is not finished (the index ix_executions_in_flight's predicate).
 IN_FLIGHT = (ExecutionStatus.pending.value, ExecutionStatus.running.value)

@@ -7,33 +7,25 @@ import logging
 from shared import dispatch, events
 from shared.errors import Conflict, NotFound
 from shared.keys import control_channel
-from shared.models import Agent, Execution, utcnow
+from shared.models import Execution, utcnow
 from shared.services import Services
-from shared.states import ExecutionStatus
+from shared.states import STOPPED_ERROR, ExecutionStatus
+from shared.store import agents, executions
 
 log = logging.getLogger(__name__)
-
-STOPPED_ERROR = "stopped by request"
 
 
 def request_stop(services: Services, execution_id: str, agent_name: str | None = None) -> Execution:
     """Accept a stop (409 when already finished); returns the row as it now stands."""
     with services.Session.begin() as session:
-        row = session.get(Execution, execution_id, with_for_update=True)
+        row = executions.lock(session, execution_id)
         if row is None or (agent_name is not None and row.agent_name != agent_name):
             raise NotFound(f"execution '{execution_id}' does not exist")
         status = ExecutionStatus(row.status)
         if status.terminal:
             raise Conflict(f"execution '{execution_id}' already finished ({status.value})")
-        now = utcnow()
-        row.cancel_requested_at = row.cancel_requested_at or now
-        if status is ExecutionStatus.pending:
-            row.status, row.error, row.completed_at = (
-                ExecutionStatus.cancelled.value,
-                STOPPED_ERROR,
-                now,
-            )
-        max_parallel = session.get(Agent, row.agent_name).max_parallel_tasks  # type: ignore[union-attr]
+        executions.accept_stop(row, utcnow())
+        max_parallel = agents.max_parallel(session, row.agent_name)
     if status is ExecutionStatus.pending:
         _forget_waiter(services, row, max_parallel)
     else:

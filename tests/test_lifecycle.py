@@ -10,8 +10,8 @@ from shared.db import driver_connection
 from shared.models import Execution
 from shared.services import Services
 from shared.states import ExecutionStatus
+from shared.store import executions
 from tests.conftest import queued_messages, statuses, wait_for
-from workers import lifecycle
 from workers.executor import Executor
 
 
@@ -19,20 +19,20 @@ def test_a_terminal_status_never_changes_and_a_stale_attempt_writes_nothing(serv
     make_agent("demo")
     eid = submit_execution(services, "demo", "cas").execution.id
     with services.Session.begin() as session:
-        attempt = lifecycle.claim_returning(session, eid, "demo", "w1").attempt
+        attempt = executions.claim_returning(session, eid, "demo", "w1").attempt
     assert attempt == 1
     with services.Session.begin() as session:
-        assert lifecycle.claim_returning(session, eid, "demo", "w2") is None, "one claim wins"
+        assert executions.claim_returning(session, eid, "demo", "w2") is None, "one claim wins"
     with services.Session.begin() as session:
-        assert lifecycle.finish(session, eid, attempt + 1, ExecutionStatus.failed, {}) is None
+        assert executions.finish(session, eid, attempt + 1, ExecutionStatus.failed, {}) is None
     with services.Session.begin() as session:
-        written = lifecycle.finish(
+        written = executions.finish(
             session, eid, attempt, ExecutionStatus.completed, {"response": "ok"}
         )
     assert tuple(written)[1:3] == ("completed", None)
     for status in (ExecutionStatus.failed, ExecutionStatus.cancelled):
         with services.Session.begin() as session:
-            assert lifecycle.finish(session, eid, attempt, status, {"error": "late"}) is None
+            assert executions.finish(session, eid, attempt, status, {"error": "late"}) is None
     with services.Session() as session:
         row = session.get(Execution, eid)
     assert row.status == "completed" and row.response == "ok" and row.error is None
@@ -44,10 +44,10 @@ def test_a_stop_accepted_before_the_terminal_write_wins_over_completed(
     make_agent("demo")
     eid = submit_execution(services, "demo", "race").execution.id
     with services.Session.begin() as session:
-        attempt = lifecycle.claim_returning(session, eid, "demo", "w1").attempt
+        attempt = executions.claim_returning(session, eid, "demo", "w1").attempt
     assert client.post(f"/api/agents/demo/executions/{eid}/stop").status_code == 202
     with services.Session.begin() as session:
-        written = lifecycle.finish(
+        written = executions.finish(
             session, eid, attempt, ExecutionStatus.completed, {"response": "done anyway"}
         )
     assert tuple(written)[1:3] == ("cancelled", "stopped by request")

@@ -8,70 +8,123 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import psycopg
 import redis
 
 from shared import dispatch
-from shared.db import driver_connection, one
+from shared.db import driver_connection
 from shared.events import EventWriter
 from shared.models import id_time_us
 from shared.rebuild import ensure_epoch
 from shared.redact import Redactor
 from shared.script_batch import ScriptBatch
 from shared.services import Services
-from shared.slots import Admission, decode_heads, submitted_us
-from shared.states import AgentOutput, ExecutionStatus
-from shared.stopping import STOPPED_ERROR
-from workers import lifecycle
+from shared.slots import Admission, decode_heads
+from shared.states import STOPPED_ERROR, AgentOutput, ExecutionStatus
+from shared.store import agents, executions
+from shared.store.executions import Claimed, Written
 from workers.control import StopListener
 from workers.groups import GroupRegistry
 from workers.heartbeat import Heartbeats, Watch
 from workers.runner import RunOutcome, run_agent
-from workers.stream_json import outcome_fields, parser_for
+from workers.stream_json import StreamJsonParser, TextParser, outcome_fields, parser_for
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_STORED_BYTES = 64 * 1024 * 1024  #: transcript bytes kept per execution, then a marker
-
-
-@dataclass(frozen=True)
-class Job:
-    """A snapshot of what one run needs, taken before the slot is claimed."""
-
-    execution_id: str
-    agent_name: str
-    status: ExecutionStatus
-    message: str
-    model: str | None
-    resume_session_id: str | None
-    command: list[str]
-    output: str
-    workdir: str | None
-    env: dict[str, str]
-    max_parallel: int
-    timeout_seconds: int
-    submitted_us: int
-
-
-_LOAD = (
-    "SELECT e.id, e.agent_name, e.status, e.message, e.model, e.resume_session_id,"
-    " e.timeout_seconds, e.created_at, a.command, a.output, a.workdir, a.env,"
-    " a.max_parallel_tasks, a.timeout_seconds AS agent_timeout"
-    " FROM executions e JOIN agents a ON a.name = e.agent_name WHERE e.id = %(id)s"
-)
-_AGENT = (
-    "SELECT name, command, output, workdir, env, max_parallel_tasks, timeout_seconds"
-    " FROM agents WHERE name = %(name)s"
-)
 RETRY_FIRST_SECONDS = 0.1  #: first pause before the terminal write is tried again
 RETRY_MAX_SECONDS = 2.0  #: longest pause between tries (while the lease is held)
 AGENT_CACHE_SECONDS = 2.0  #: how long a worker trusts its copy of an agent's settings
 INLINE_SECONDS = 2.0  #: how long a message's thread goes on with promoted waiters itself (short:
 #: meanwhile other agents' messages wait for a thread)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """An agent's run settings, as a worker caches them for AGENT_CACHE_SECONDS."""
+
+    name: str
+    command: tuple[str, ...]
+    output: str
+    workdir: str | None
+    env: dict[str, str]
+    max_parallel: int
+    timeout_seconds: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> AgentConfig:
+        """From the agents store's `run_config` row."""
+        return cls(
+            name=row.name,
+            command=tuple(row.command),
+            output=row.output,
+            workdir=row.workdir,
+            env={str(k): str(v) for k, v in (row.env or {}).items()},
+            max_parallel=row.max_parallel_tasks,
+            timeout_seconds=row.timeout_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """One claimed run: the agent's settings and the execution's own fields."""
+
+    execution_id: str
+    agent: AgentConfig
+    attempt: int
+    message: str
+    model: str | None
+    resume_session_id: str | None
+    timeout_seconds: int
+
+    @classmethod
+    def of(cls, execution_id: str, agent: AgentConfig, claimed: Claimed) -> Job:
+        """The run of a won claim."""
+        return cls(
+            execution_id=execution_id,
+            agent=agent,
+            attempt=claimed.attempt,
+            message=claimed.message,
+            model=claimed.model,
+            resume_session_id=claimed.resume_session_id,
+            timeout_seconds=claimed.timeout_seconds or agent.timeout_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class Promoted:
+    """The waiter a release promoted and left to the releasing thread to run."""
+
+    execution_id: str
+    agent: str
+
+
+@dataclass
+class Capture:
+    """What a run's stdout becomes: scrubbed transcript lines, the parsed stream, live events."""
+
+    parser: StreamJsonParser | TextParser
+    events: EventWriter
+    scrub: Redactor
+    lines: list[str] = field(default_factory=list)
+
+    def line(self, line: str) -> None:
+        """Take one stdout line (the runner's `on_line`)."""
+        line = self.scrub(line)
+        self.lines.append(line)
+        event = self.parser.feed(line)
+        self.events.line(line)
+        if event is not None and event.get("type") == "result":
+            self.events.flush()  # now: if this worker dies, the reaper judges the run by it
+
+    def stored(self, outcome: RunOutcome | str) -> tuple[str, int, bool]:
+        """The transcript to store: (content, line count, truncated)."""
+        truncated = isinstance(outcome, RunOutcome) and outcome.truncated
+        return "\n".join(self.lines), len(self.lines), truncated
 
 
 class Executor:
@@ -82,7 +135,7 @@ class Executor:
         self.stops = StopListener(services.redis)
         self.heartbeats = Heartbeats(services)
         self.groups = GroupRegistry.from_env()
-        self._agents: dict[str, tuple[float, Any]] = {}
+        self._agents: dict[str, tuple[float, AgentConfig | None]] = {}
         self.stopping = threading.Event()  #: set when the worker shuts down: promote, not run
 
     @property
@@ -98,78 +151,86 @@ class Executor:
         taken and never once the worker is shutting down; past that it is published.
         """
         started = time.monotonic()
-        follow = self._handle_one(execution_id, agent)
-        while follow is not None:
-            head, name = follow
+        promoted = self._handle_one(execution_id, agent)
+        while promoted is not None:
             if self.stopping.is_set() or time.monotonic() - started >= INLINE_SECONDS:
-                dispatch.promote(self.services, [head], name)
+                dispatch.promote(self.services, [promoted.execution_id], promoted.agent)
                 return
-            follow = self._handle_one(head, name)
+            promoted = self._handle_one(promoted.execution_id, promoted.agent)
 
-    def _handle_one(self, execution_id: str, agent: str | None) -> tuple[str, str] | None:
-        """One execution; returns the promoted waiter (id, agent) its release left to us."""
+    def _handle_one(self, execution_id: str, agent: str | None) -> Promoted | None:
+        """One execution; returns the promoted waiter its release left to this thread."""
         config = self._agent(agent) if agent else None
         if config is None:  # a message that does not name its agent (or names a wrong one)
-            job = self._load(execution_id)
-            if job is None:
+            config = self._agent_of_row(execution_id)
+            if config is None:
                 return None
-            if job.status is not ExecutionStatus.pending:
-                if job.status.terminal:  # a stale waiting entry must not block the list
-                    self._release(job)
-                return None
-            config = self._agent(job.agent_name)
-        head = self._claim_and_run(execution_id, config)
-        return None if head is None else (head, config.name)
+        return self._claim_and_run(execution_id, config)
 
-    def _claim_and_run(self, execution_id: str, config: Any) -> str | None:
+    def _agent_of_row(self, execution_id: str) -> AgentConfig | None:
+        """The agent of a pending row; a terminal row's stale waiting entry is released."""
+        row = self._one_statement(lambda conn: executions.state(conn, execution_id))
+        if row is None:
+            log.warning("execution %s not found; message dropped", execution_id)
+            return None
+        status = ExecutionStatus(row.status)
+        if status.terminal:  # a stale waiting entry must not block the list
+            self._release(row.agent_name, execution_id, row.max_parallel_tasks)
+        if status is not ExecutionStatus.pending:
+            return None
+        return self._agent(row.agent_name)
+
+    def _claim_and_run(self, execution_id: str, config: AgentConfig) -> Promoted | None:
         """Slot first, then one statement claims and loads the row, then the run."""
-        ticket = _job_from(config, execution_id, id_time_us(execution_id))
         leased_at = time.monotonic()  # no later than Redis stamps the lease (self-fencing)
-        admission = self._admit(ticket)
+        admission = self._admit(config, execution_id)
         if admission.needs_rebuild:
             return None
         if not admission.admitted:
-            self._transaction(lambda s: lifecycle.mark_queued(s, execution_id))
+            self._one_statement(lambda conn: executions.mark_queued(conn, execution_id))
             return None
         try:
-            row = self._transaction(
-                lambda s: lifecycle.claim_returning(s, execution_id, config.name, self.worker_id)
-            )
+            claimed = self._claim(execution_id, config)
         except BaseException:
-            self._release(ticket)
+            self._release(config.name, execution_id, config.max_parallel)
             raise
-        if row is None:  # not pending (cancelled, finished, a duplicate message) or no such row
-            again = self._load(execution_id)
-            if again is None or again.status.terminal or again.agent_name != config.name:
-                self._release(ticket)
+        if claimed is None:  # not pending (cancelled, finished, a duplicate message) or no row
+            self._release_unless_waiting(execution_id, config)
             return None
-        job = replace(
-            ticket,
-            message=row.message,
-            model=row.model,
-            resume_session_id=row.resume_session_id,
-            timeout_seconds=row.timeout_seconds or config.timeout_seconds,
-            submitted_us=submitted_us(row.created_at),
-        )
+        job = Job.of(execution_id, config, claimed)
         try:
-            # _run releases the slot right after its terminal write
-            return self._run(job, row.attempt, leased_at)
+            return self._run(job, leased_at)  # it releases the slot right after its terminal write
         except BaseException:
-            self._release(job)
+            self._release(config.name, execution_id, config.max_parallel)
             raise
 
-    def _agent(self, name: str) -> Any:
+    def _claim(self, execution_id: str, config: AgentConfig) -> Claimed | None:
+        """CAS pending -> running; None when the row was not ours to claim."""
+        return self._one_statement(
+            lambda conn: executions.claim_returning(conn, execution_id, config.name, self.worker_id)
+        )
+
+    def _release_unless_waiting(self, execution_id: str, config: AgentConfig) -> None:
+        """After a lost claim: give the slot back unless the row still waits for this agent."""
+        row = self._one_statement(lambda conn: executions.state(conn, execution_id))
+        if row is None:
+            log.warning("execution %s not found; message dropped", execution_id)
+        if row is None or ExecutionStatus(row.status).terminal or row.agent_name != config.name:
+            self._release(config.name, execution_id, config.max_parallel)
+
+    def _agent(self, name: str) -> AgentConfig | None:
         """The agent's settings, cached for AGENT_CACHE_SECONDS (None if there is no such)."""
         now = time.monotonic()
         cached = self._agents.get(name)
         if cached is None or now - cached[0] > AGENT_CACHE_SECONDS:
-            row = self._transaction(lambda c: one(c, _AGENT, {"name": name}))
-            cached = self._agents[name] = (now, row)
+            row = self._one_statement(lambda conn: agents.run_config(conn, name))
+            config = None if row is None else AgentConfig.from_row(row)
+            cached = self._agents[name] = (now, config)
         return cached[1]
 
-    def _transaction(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """Run one-statement `work` on a pooled connection, autocommitting; again on a fresh
-        connection if the pooled one had gone stale (PostgreSQL restarted since)."""
+    def _one_statement(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run `work` (one statement, autocommitted) on a pooled connection; once more on a
+        fresh connection if the pooled one had gone stale (PostgreSQL restarted since)."""
         for tries_left in (1, 0):
             conn = None
             try:
@@ -181,161 +242,136 @@ class Executor:
                 log.warning("database connection was stale; retrying once")
         raise AssertionError("unreachable")
 
-    def _admit(self, job: Job) -> Admission:
+    def _admit(self, config: AgentConfig, execution_id: str) -> Admission:
         """Acquire or park; after a Redis reset, rebuild from PostgreSQL and try once more."""
         for retry in (True, False):
             admission = self.services.slots.acquire(
-                job.agent_name,
-                job.execution_id,
-                job.max_parallel,
-                job.timeout_seconds,
-                job.submitted_us,
+                config.name,
+                execution_id,
+                config.max_parallel,
+                config.timeout_seconds,
+                id_time_us(execution_id),
             )
             if not (retry and admission.needs_rebuild and ensure_epoch(self.services)):
                 return admission
         return admission
 
-    def _load(self, execution_id: str) -> Job | None:
-        row = self._transaction(lambda conn: one(conn, _LOAD, {"id": execution_id}))
-        if row is None:
-            log.warning("execution %s not found; message dropped", execution_id)
-            return None
-        return Job(
-            row.id,
-            row.agent_name,
-            ExecutionStatus(row.status),
-            row.message,
-            row.model,
-            row.resume_session_id,
-            list(row.command),
-            row.output,
-            row.workdir,
-            {str(k): str(v) for k, v in (row.env or {}).items()},
-            row.max_parallel_tasks,
-            row.timeout_seconds or row.agent_timeout,
-            submitted_us(row.created_at),
-        )
+    def _release(self, agent: str, execution_id: str, max_parallel: int) -> None:
+        """Release the slot (no run ended: no terminal event) and publish the waiters that fit."""
+        heads = self.services.slots.release(agent, execution_id, max_parallel)
+        dispatch.promote(self.services, heads, agent)
 
-    def _release(self, job: Job, events: EventWriter | None = None, **final: Any) -> str | None:
-        """Release the slot and promote the waiters that now fit: the first is returned for
-        the caller to run (with `events`: after a finished run), the others are published.
-        With `events`, their terminal event goes in the same Redis round trip."""
-        if events is None:
-            heads = self.services.slots.release(job.agent_name, job.execution_id, job.max_parallel)
+    def _release_after_run(
+        self, job: Job, events: EventWriter, final: Written | None
+    ) -> Promoted | None:
+        """Release the slot with the run's terminal event in the same Redis round trip; the
+        first promoted waiter is returned for this thread to run, the others are published."""
+        agent = job.agent
+        batch = ScriptBatch(self.services.redis)
+        self.services.slots.release(agent.name, job.execution_id, agent.max_parallel, batch)
+        if final is None:
+            events.close(via=batch)
         else:
-            batch = ScriptBatch(self.services.redis)
-            self.services.slots.release(job.agent_name, job.execution_id, job.max_parallel, batch)
-            events.close(via=batch, **final)
-            try:
-                heads = decode_heads(batch.execute()[0])
-            except redis.RedisError:  # the reaper promotes; PostgreSQL has the outcome
-                log.warning("could not release %s", job.execution_id, exc_info=True)
-                return None
-        if events is not None and heads:
-            dispatch.promote(self.services, heads[1:], job.agent_name)
-            return heads[0]
-        dispatch.promote(self.services, heads, job.agent_name)
-        return None
+            events.close(
+                final_status=final.status, via=batch, error=final.error, response=final.response
+            )
+        try:
+            heads = decode_heads(batch.execute()[0])
+        except redis.RedisError:  # the reaper promotes; PostgreSQL has the outcome
+            log.warning("could not release %s", job.execution_id, exc_info=True)
+            return None
+        if not heads:
+            return None
+        dispatch.promote(self.services, heads[1:], agent.name)
+        return Promoted(heads[0], agent.name)
 
-    def _run(self, job: Job, attempt: int, leased_at: float) -> str | None:
-        transcript: list[str] = []
-        parser = parser_for(job.output)
+    def _run(self, job: Job, leased_at: float) -> Promoted | None:
+        """Run the agent, store the outcome while the lease is held, then release."""
         events = EventWriter(self.services.redis, job.execution_id)
-        events.status(ExecutionStatus.running.value, attempt=attempt)
+        events.status(ExecutionStatus.running.value, attempt=job.attempt)
+        capture = Capture(parser_for(job.agent.output), events, Redactor(job.agent.env.values()))
+        watch = Watch(
+            self.services,
+            job.agent.name,
+            job.execution_id,
+            job.agent.max_parallel,
+            job.timeout_seconds,
+            job.attempt,
+            leased_at,
+        )
+        outcome = self._execute(job, watch, capture)
+        try:
+            final = self._record(job, outcome, watch, capture)
+        finally:
+            self.heartbeats.remove(watch)  # the lease was held until the outcome was stored
+        if final is None:
+            log.warning(
+                "execution %s attempt %s: row moved on; result discarded",
+                job.execution_id,
+                job.attempt,
+            )
+        return self._release_after_run(job, events, final)
 
-        scrub = Redactor(job.env.values())
+    def _execute(self, job: Job, watch: Watch, capture: Capture) -> RunOutcome | str:
+        """Start the agent and wait for it, watched (lease, stop, fence, guardian)."""
 
         def on_start(pid: int) -> None:
             watch.started(pid)
             self.groups.started(pid)
 
-        def on_line(line: str) -> None:
-            line = scrub(line)
-            transcript.append(line)
-            event = parser.feed(line)
-            events.line(line)
-            if event is not None and event.get("type") == "result":
-                events.flush()  # now: if this worker dies, the reaper judges the run by it
-
-        watch = Watch(
-            self.services,
-            job.agent_name,
-            job.execution_id,
-            job.max_parallel,
-            job.timeout_seconds,
-            attempt,
-            leased_at,
-        )
         self.stops.register(job.execution_id, lambda: watch.kill("cancel"))
         self.heartbeats.add(watch)
         try:
-            outcome: RunOutcome | str = unstartable(job) or run_agent(
+            return unstartable(job) or run_agent(
                 _argv(job),
                 stdin_text=job.message,
-                on_line=on_line,
+                on_line=capture.line,
                 timeout_seconds=job.timeout_seconds,
                 stop=watch.stop,
-                workdir=job.workdir,
-                env=job.env,
+                workdir=job.agent.workdir,
+                env=job.agent.env,
                 max_total_bytes=MAX_STORED_BYTES,
-                on_flush=events.tick,
+                on_flush=capture.events.tick,
                 on_start=on_start,
             )
         except OSError as exc:
-            outcome = _start_error(exc, job)
+            return _start_error(exc, job)
         finally:
             self.stops.unregister(job.execution_id)
             if (pid := watch.exited()) is not None:
                 self.groups.ended(pid)  # the runner killed the whole group on its way out
-        try:
-            final = self._record(job, attempt, outcome, parser, watch, transcript, events, scrub)
-        finally:
-            self.heartbeats.remove(watch)  # the lease was held until the outcome was stored
-        if final is None:
-            log.warning(
-                "execution %s attempt %s: row moved on; result discarded", job.execution_id, attempt
-            )
-            return self._release(job, events)
-        return self._release(
-            job,
-            events,
-            final_status=final.status,
-            error=final.error,
-            response=final.response,
-        )
 
     def _record(
-        self,
-        job: Job,
-        attempt: int,
-        outcome: RunOutcome | str,
-        parser: Any,
-        watch: Watch,
-        transcript: list[str],
-        events: EventWriter,
-        scrub: Redactor,
-    ) -> Any:
+        self, job: Job, outcome: RunOutcome | str, watch: Watch, capture: Capture
+    ) -> Written | None:
         """Judge the run and store its outcome (None: the row had moved on)."""
-        status, fields = judge(job, outcome, parser.result(), watch.reason)
+        status, fields = judge(job, outcome, capture.parser.result(), watch.reason)
         if watch.reason == "unrenewed" and status is ExecutionStatus.failed:
             fields["error"] = (
                 f"could not renew its slot lease for {watch.unrenewed_seconds:.0f} s; "
                 "stopped to keep the agent's limit"
             )
         if fields.get("error"):
-            fields["error"] = scrub(fields["error"])  # a stderr tail may print the env too
-        stored = (
-            "\n".join(transcript),
-            len(transcript),
-            isinstance(outcome, RunOutcome) and outcome.truncated,
-        )
+            fields["error"] = capture.scrub(fields["error"])  # a stderr tail may print the env
+        stored = capture.stored(outcome)
+
+        def write(conn: psycopg.Connection[Any]) -> Written | None:
+            return executions.finish(conn, job.execution_id, job.attempt, status, fields, stored)
+
+        return self._write_terminal(job, write, watch, capture.events)
+
+    def _write_terminal(
+        self,
+        job: Job,
+        write: Callable[[psycopg.Connection[Any]], Written | None],
+        watch: Watch,
+        events: EventWriter,
+    ) -> Written | None:
+        """Run the terminal write, retried while the lease is held and PostgreSQL is away."""
         delay = RETRY_FIRST_SECONDS
         while True:
             try:
-                final = self._transaction(
-                    lambda s: lifecycle.finish(s, job.execution_id, attempt, status, fields, stored)
-                )
-                return final
+                return self._one_statement(write)
             except BaseException as exc:
                 # Lingering lines must reach the stream first: if this worker gives up, the
                 # reaper judges the run from it (a result line there means it completed).
@@ -347,29 +383,11 @@ class Executor:
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
 
-def _job_from(config: Any, execution_id: str, submitted: int) -> Job:
-    """A Job with the agent's settings; the execution's own fields come from its claim."""
-    return Job(
-        execution_id,
-        config.name,
-        ExecutionStatus.pending,
-        "",
-        None,
-        None,
-        list(config.command),
-        config.output,
-        config.workdir,
-        {str(k): str(v) for k, v in (config.env or {}).items()},
-        config.max_parallel_tasks,
-        config.timeout_seconds,
-        submitted,
-    )
-
-
 def unstartable(job: Job) -> str | None:
     """Why the agent cannot be started at all (text a process cannot be given), else None."""
+    agent = job.agent
     try:
-        for text in (*job.command, *job.env, *job.env.values(), job.workdir or ""):
+        for text in (*agent.command, *agent.env, *agent.env.values(), agent.workdir or ""):
             text.encode()
     except UnicodeEncodeError:
         return "could not start agent: its command, env or workdir holds a lone surrogate"
@@ -378,7 +396,7 @@ def unstartable(job: Job) -> str | None:
 
 def _start_error(exc: OSError, job: Job) -> str:
     """The reason a start failed, naming the setting at fault (no server paths)."""
-    if exc.filename is not None and exc.filename == job.workdir:
+    if exc.filename is not None and exc.filename == job.agent.workdir:
         what = "workdir"
     elif isinstance(exc, FileNotFoundError | PermissionError):
         what = "command[0]"
@@ -388,8 +406,8 @@ def _start_error(exc: OSError, job: Job) -> str:
 
 
 def _argv(job: Job) -> list[str]:
-    argv = list(job.command)
-    if job.output == AgentOutput.claude_stream_json.value:
+    argv = list(job.agent.command)
+    if job.agent.output == AgentOutput.claude_stream_json.value:
         if job.model:
             argv += ["--model", job.model]
         if job.resume_session_id:

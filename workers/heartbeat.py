@@ -28,7 +28,7 @@ import redis
 
 from shared.services import Services
 from shared.slots import Slots
-from workers import lifecycle
+from shared.store import executions
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,9 @@ class Watch:
             return
         try:
             with self.services.Session.begin() as session:
-                session.connection().exec_driver_sql(
-                    f"SET LOCAL statement_timeout = {ROW_STATEMENT_TIMEOUT_MS}"
+                ours, stop = executions.heartbeat(
+                    session, self.execution_id, self.attempt, ROW_STATEMENT_TIMEOUT_MS
                 )
-                ours, stop = lifecycle.heartbeat(session, self.execution_id, self.attempt)
         except Exception:
             log.warning("heartbeat write failed for %s", self.execution_id, exc_info=True)
             return

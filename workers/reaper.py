@@ -1,7 +1,7 @@
 """The reaper: re-dispatches lost pending rows, fails rows whose worker was lost, promotes waiters.
 
-Safe with several copies running: row work uses `FOR UPDATE SKIP LOCKED` and compare-and-set,
-and every Redis step is an idempotent Lua script.
+Safe with several copies running: row work locks rows skipping those already locked, writes
+with compare-and-set, and every Redis step is an idempotent Lua script.
 """
 
 from __future__ import annotations
@@ -9,18 +9,16 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from shared import dispatch, events
-from shared.models import Agent, Execution, utcnow
+from shared.models import utcnow
 from shared.rebuild import ensure_epoch
 from shared.services import Services
 from shared.slots import submitted_us
 from shared.states import AgentOutput, ExecutionStatus
-from workers import lifecycle
+from shared.store import agents, executions
 from workers.stream_json import outcome_fields, parser_for
 
 log = logging.getLogger(__name__)
@@ -36,25 +34,9 @@ def redispatch(services: Services) -> list[str]:
     """
     cutoff = utcnow() - timedelta(seconds=services.settings.redispatch_after_seconds)
     with services.Session.begin() as session:
-        rows = session.execute(
-            select(
-                Execution.id, Execution.agent_name, Execution.created_at, Agent.max_parallel_tasks
-            )
-            .join(Agent, Agent.name == Execution.agent_name)
-            .where(
-                Execution.status == ExecutionStatus.pending.value, Execution.dispatched_at <= cutoff
-            )
-            .order_by(Execution.created_at)
-            .limit(BATCH)
-            .with_for_update(of=Execution, skip_locked=True)
-        ).all()
+        rows = executions.lock_unsent_pending(session, cutoff, BATCH)
         lost = [r for r in rows if not services.slots.knows(r.agent_name, r.id)]
-        if lost:
-            session.execute(
-                update(Execution)
-                .where(Execution.id.in_([r.id for r in lost]))
-                .values(dispatched_at=utcnow())
-            )
+        executions.mark_dispatched(session, [r.id for r in lost])
     for row in lost:
         try:
             _, fits = services.slots.enqueue(
@@ -79,17 +61,7 @@ def fail_lost(services: Services) -> list[str]:
     grace = utcnow() - timedelta(seconds=services.settings.lease_seconds)
     settled = []
     with services.Session.begin() as session:
-        rows = session.execute(
-            select(Execution.id, Execution.agent_name, Execution.attempt, Agent.output)
-            .join(Agent, Agent.name == Execution.agent_name)
-            .where(
-                Execution.status == ExecutionStatus.running.value,
-                Execution.started_at < grace,
-                or_(Execution.heartbeat_at.is_(None), Execution.heartbeat_at < grace),
-            )
-            .limit(BATCH)
-            .with_for_update(of=Execution, skip_locked=True)
-        ).all()
+        rows = executions.lock_silent_running(session, grace, BATCH)
         for eid, agent, attempt, output in rows:
             if not services.slots.holds(agent, eid):
                 final = _settle(services, session, eid, attempt, output)
@@ -104,7 +76,7 @@ def fail_lost(services: Services) -> list[str]:
 
 def _settle(
     services: Services, session: Session, execution_id: str, attempt: int, output: str
-) -> Any:
+) -> executions.Written | None:
     """Store the outcome the stream shows (compare-and-set on the attempt); the written row."""
     lines = events.stream_lines(services.redis, execution_id)
     status, fields = ExecutionStatus.failed, {"error": WORKER_LOST}
@@ -116,13 +88,13 @@ def _settle(
         if parsed.has_result and not parsed.is_error:
             status, fields = ExecutionStatus.completed, outcome_fields(parsed)
     transcript = ("\n".join(lines), len(lines), False)
-    return lifecycle.finish(session, execution_id, attempt, status, fields, transcript)
+    return executions.finish(session, execution_id, attempt, status, fields, transcript)
 
 
 def promote(services: Services) -> list[str]:
     """Purge lapsed leases and re-send the waiters that fit in free slots."""
     with services.Session() as session:
-        limits = dict(session.execute(select(Agent.name, Agent.max_parallel_tasks)).all())
+        limits = agents.limits(session)
     sent = []
     for agent, limit in limits.items():
         sent += dispatch.promote(services, services.slots.heads(agent, limit), agent)

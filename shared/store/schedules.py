@@ -1,4 +1,5 @@
-"""A schedule's history in `schedule_fires`: one row per due time, written at most once."""
+"""The schedules table and their history in `schedule_fires` (one row per due time, written at
+most once): the scheduler's and the API's reads and writes, on SQLAlchemy Core and ORM."""
 
 from __future__ import annotations
 
@@ -241,3 +242,46 @@ def prune(session: Session, keep_days: float) -> int:
         )
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def enabled_versions(session: Session) -> list[Any]:
+    """Every enabled schedule: (id, updated_at, cron, timezone, next_run_at)."""
+    t = _SCHEDULES
+    query = select(t.c.id, t.c.updated_at, t.c.cron, t.c.timezone, t.c.next_run_at)
+    return list(session.execute(query.where(t.c.enabled)).all())
+
+
+def lock_stale_claims(session: Session, older_than: datetime, limit: int) -> list[Any]:
+    """Lock claims unsettled since before `older_than` (skipping locked ones), oldest first:
+    (fire, schedule) pairs."""
+    query = (
+        select(ScheduleFire, Schedule)
+        .join(Schedule, Schedule.id == ScheduleFire.schedule_id)
+        .where(
+            ScheduleFire.outcome == FireOutcome.claimed.value,
+            ScheduleFire.updated_at < older_than,
+        )
+        .order_by(ScheduleFire.updated_at)
+        .limit(limit)
+        .with_for_update(of=ScheduleFire, skip_locked=True)
+    )
+    return list(session.execute(query).all())
+
+
+def take_over(fires: Sequence[ScheduleFire], scheduler_id: str) -> None:
+    """Make these locked claims this scheduler's: other schedulers leave them alone from now."""
+    for fire in fires:
+        fire.scheduler_id, fire.updated_at = scheduler_id, utcnow()
+
+
+def all_schedules(session: Session, agent: str | None = None) -> list[Schedule]:
+    """Every schedule (of one agent only, if named), by agent then age."""
+    query = select(Schedule)
+    if agent is not None:
+        query = query.where(Schedule.agent_name == agent)
+    return list(session.scalars(query.order_by(Schedule.agent_name, Schedule.created_at)))
+
+
+def get(session: Session, schedule_id: str, lock: bool = False) -> Schedule | None:
+    """The schedule, or None; locked for update if asked."""
+    return session.get(Schedule, schedule_id, with_for_update=lock or None)

@@ -1,0 +1,350 @@
+"""The executions table, with transcripts: submit, claim, finish, heartbeat, queue marks (hot
+paths: psycopg SQL), and the reaper's, rebuild's, stop's and the API's reads (SQLAlchemy)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import psycopg
+from sqlalchemy import ColumnElement, Connection, and_, or_, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from shared.db import one
+from shared.errors import AlreadyFired, NotFound
+from shared.models import Agent, Execution, Transcript, utcnow
+from shared.states import IN_FLIGHT, STOPPED_ERROR, ExecutionStatus
+
+Conn = psycopg.Connection[Any] | Session | Connection
+
+#: The in-flight predicate as SQL, from IN_FLIGHT (the partial index's predicate, so it is used).
+IN_FLIGHT_SQL = "status IN (" + ", ".join(f"'{status}'" for status in IN_FLIGHT) + ")"
+
+#: Columns a submission stores (the row passed to `insert` holds every one).
+COLUMNS = (
+    "id",
+    "agent_name",
+    "status",
+    "triggered_by",
+    "message",
+    "model",
+    "timeout_seconds",
+    "source",
+    "schedule_id",
+    "scheduled_for",
+    "parent_execution_id",
+    "resume_session_id",
+    "created_at",
+    "queued_at",
+    "dispatched_at",
+    "attempt",
+)
+
+#: Outcome columns `finish` writes; any not given are stored as NULL.
+OUTCOME_FIELDS = (
+    "response",
+    "model_used",
+    "cost",
+    "input_tokens",
+    "output_tokens",
+    "num_turns",
+    "claude_session_id",
+    "exit_code",
+    "duration_ms",
+    "error",
+)
+
+
+class Claimed(NamedTuple):
+    """What a won claim hands back: the attempt (fencing token) and the execution's fields."""
+
+    attempt: int
+    message: str
+    model: str | None
+    resume_session_id: str | None
+    timeout_seconds: int | None  #: None: the agent's own
+
+
+class Written(NamedTuple):
+    """A terminal write as it was stored (a stop accepted first turns it into `cancelled`)."""
+
+    id: str
+    status: str
+    error: str | None
+    response: str | None
+
+
+_INSERT = (
+    f"INSERT INTO executions ({', '.join(COLUMNS)})"
+    f" VALUES ({', '.join(f'%({c})s' for c in COLUMNS)})"
+)
+_CLAIM_RETURNING = (
+    "UPDATE executions SET status = 'running', attempt = attempt + 1, started_at = %(now)s,"
+    " heartbeat_at = %(now)s, worker_id = %(worker)s"
+    " WHERE id = %(id)s AND agent_name = %(agent)s AND status = 'pending'"
+    " RETURNING attempt, message, model, resume_session_id, timeout_seconds"
+)
+# A stop accepted before this write wins over whatever the run produced (invariant 2,
+# docs/architecture.md).
+_FINISH = (
+    "UPDATE executions SET"
+    " status = CASE WHEN cancel_requested_at IS NULL THEN %(status)s ELSE 'cancelled' END,"
+    " error = CASE WHEN cancel_requested_at IS NULL THEN %(error)s ELSE %(stopped)s END,"
+    " completed_at = %(now)s, "
+    + ", ".join(f"{name} = %({name})s" for name in OUTCOME_FIELDS if name != "error")
+    + " WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s"
+    " RETURNING id, status, error, response"
+)
+# The transcript goes in with the terminal write, in one round trip, and only if it won.
+_FINISH_WITH_TRANSCRIPT = (
+    f"WITH done AS ({_FINISH}),"
+    " saved AS (INSERT INTO transcripts (execution_id, content, line_count, truncated)"
+    " SELECT id, %(content)s, %(line_count)s, %(truncated)s FROM done)"
+    " SELECT id, status, error, response FROM done"
+)
+_HEARTBEAT = (
+    "UPDATE executions SET heartbeat_at = %(now)s"
+    " WHERE id = %(id)s AND attempt = %(attempt)s AND status = 'running'"
+    " RETURNING cancel_requested_at"
+)
+_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', %(ms)s, true)"
+_QUEUED = (
+    "UPDATE executions SET queued_at = %(now)s"
+    " WHERE id = %(id)s AND status = 'pending' AND queued_at IS NULL"
+)
+_STATE = (
+    "SELECT e.status, e.agent_name, a.max_parallel_tasks"
+    " FROM executions e JOIN agents a ON a.name = e.agent_name WHERE e.id = %(id)s"
+)
+
+
+# -- hot paths: psycopg SQL ------------------------------------------------------------------
+
+
+def insert(conn: Conn, row: dict[str, Any]) -> None:
+    """INSERT a submitted row (every column of COLUMNS); the database's refusals become the
+    errors callers handle: AlreadyFired for a due time that has its run, NotFound for an
+    agent deleted since it was read."""
+    try:
+        one(conn, _INSERT, row)
+    except psycopg.errors.UniqueViolation as exc:
+        if exc.diag.constraint_name != "one_fire_per_due_time":
+            raise
+        raise AlreadyFired(
+            f"schedule {row['schedule_id']} has an execution for {row['scheduled_for']} already"
+        ) from exc
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise NotFound(f"agent '{row['agent_name']}' does not exist") from exc
+
+
+def claim_returning(conn: Conn, execution_id: str, agent: str, worker_id: str) -> Claimed | None:
+    """CAS pending -> running, bumping the fencing token (attempt); returns what the run needs,
+    or None when another claim won."""
+    params = {"id": execution_id, "agent": agent, "now": utcnow(), "worker": worker_id}
+    row = one(conn, _CLAIM_RETURNING, params)
+    return None if row is None else Claimed(*row)
+
+
+def finish(
+    conn: Conn,
+    execution_id: str,
+    attempt: int,
+    status: ExecutionStatus,
+    fields: dict[str, Any],
+    transcript: tuple[str, int, bool] | None = None,
+) -> Written | None:
+    """CAS running(attempt) -> terminal, with the transcript (content, line count, truncated)
+    if given; returns the row as written, or None when it had moved on."""
+    assert status.terminal
+    params = {name: fields.get(name) for name in OUTCOME_FIELDS}
+    params.update(
+        id=execution_id, attempt=attempt, status=status.value, now=utcnow(), stopped=STOPPED_ERROR
+    )
+    if transcript is not None:
+        params.update(content=transcript[0], line_count=transcript[1], truncated=transcript[2])
+    row = one(conn, _FINISH if transcript is None else _FINISH_WITH_TRANSCRIPT, params)
+    return None if row is None else Written(*row)
+
+
+def heartbeat(
+    conn: Conn, execution_id: str, attempt: int, timeout_ms: int | None = None
+) -> tuple[bool, bool]:
+    """Record liveness (within `timeout_ms`, for the rest of a transaction the caller opened);
+    returns (still ours, stop requested)."""
+    if timeout_ms is not None:
+        one(conn, _STATEMENT_TIMEOUT, {"ms": str(timeout_ms)})
+    row = one(conn, _HEARTBEAT, {"id": execution_id, "attempt": attempt, "now": utcnow()})
+    if row is None:
+        return False, True
+    return True, row[0] is not None
+
+
+def mark_queued(conn: Conn, execution_id: str) -> None:
+    """Stamp queued_at the first time an execution is parked in its agent's waiting list."""
+    one(conn, _QUEUED, {"id": execution_id, "now": utcnow()})
+
+
+def state(conn: Conn, execution_id: str) -> Any:
+    """Where an execution stands, for a worker: (status, agent_name, the agent's
+    max_parallel_tasks), or None when there is no such row."""
+    return one(conn, _STATE, {"id": execution_id})
+
+
+# -- the reaper and rebuild: SQLAlchemy on the caller's Session -------------------------------
+
+
+def lock_unsent_pending(session: Session, sent_before: datetime, limit: int) -> list[Any]:
+    """Lock pending rows dispatched before `sent_before` (skipping locked ones), oldest first:
+    (id, agent_name, created_at, max_parallel_tasks)."""
+    query = (
+        select(Execution.id, Execution.agent_name, Execution.created_at, Agent.max_parallel_tasks)
+        .join(Agent, Agent.name == Execution.agent_name)
+        .where(
+            Execution.status == ExecutionStatus.pending.value,
+            Execution.dispatched_at <= sent_before,
+        )
+        .order_by(Execution.created_at)
+        .limit(limit)
+        .with_for_update(of=Execution, skip_locked=True)
+    )
+    return list(session.execute(query).all())
+
+
+def mark_dispatched(session: Session, ids: Collection[str]) -> None:
+    """Stamp dispatched_at of these rows: they were sent (again) now."""
+    if ids:
+        session.execute(
+            update(Execution).where(Execution.id.in_(ids)).values(dispatched_at=utcnow())
+        )
+
+
+def lock_silent_running(session: Session, silent_since: datetime, limit: int) -> list[Any]:
+    """Lock running rows started, and last heard of, before `silent_since` (skipping locked
+    ones): (id, agent_name, attempt, output)."""
+    query = (
+        select(Execution.id, Execution.agent_name, Execution.attempt, Agent.output)
+        .join(Agent, Agent.name == Execution.agent_name)
+        .where(
+            Execution.status == ExecutionStatus.running.value,
+            Execution.started_at < silent_since,
+            or_(Execution.heartbeat_at.is_(None), Execution.heartbeat_at < silent_since),
+        )
+        .limit(limit)
+        .with_for_update(of=Execution, skip_locked=True)
+    )
+    return list(session.execute(query).all())
+
+
+def running_with_timeouts(session: Session) -> list[Any]:
+    """Every running row: (id, agent_name, started_at, own timeout_seconds, agent's)."""
+    query = select(
+        Execution.id,
+        Execution.agent_name,
+        Execution.started_at,
+        Execution.timeout_seconds,
+        Agent.timeout_seconds,
+    ).join(Agent, Agent.name == Execution.agent_name)
+    query = query.where(Execution.status == ExecutionStatus.running.value)
+    return list(session.execute(query).all())
+
+
+def pending_by_agent(session: Session) -> list[Any]:
+    """Every pending row: (id, agent_name, created_at)."""
+    query = select(Execution.id, Execution.agent_name, Execution.created_at).where(
+        Execution.status == ExecutionStatus.pending.value
+    )
+    return list(session.execute(query).all())
+
+
+# -- stop, the scheduler and the API -----------------------------------------------------------
+
+
+def lock(session: Session, execution_id: str) -> Execution | None:
+    """The row, locked for update until the session's transaction ends, or None."""
+    return session.get(Execution, execution_id, with_for_update=True)
+
+
+def accept_stop(row: Execution, now: datetime) -> None:
+    """Note the stop request on a locked row; a pending row is cancelled at once."""
+    row.cancel_requested_at = row.cancel_requested_at or now
+    if row.status == ExecutionStatus.pending.value:
+        row.status = ExecutionStatus.cancelled.value
+        row.error, row.completed_at = STOPPED_ERROR, now
+
+
+def of_due_time(session: Session, schedule_id: str, due: datetime) -> str | None:
+    """The id of the execution a schedule made for one due time, if any."""
+    query = select(Execution.id).where(
+        Execution.schedule_id == schedule_id, Execution.scheduled_for == due
+    )
+    return session.scalar(query)
+
+
+def get(session: Session, execution_id: str) -> Execution | None:
+    """The row, or None."""
+    return session.get(Execution, execution_id)
+
+
+def transcript(session: Session, execution_id: str) -> Transcript | None:
+    """The stored transcript (None while the run has none)."""
+    return session.get(Transcript, execution_id)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What an execution list is narrowed to (None: no narrowing on that field)."""
+
+    visible: Collection[str] | None = None  #: agents the caller may see; None for all
+    agent: str | None = None
+    status: str | None = None
+    trigger: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    q: str | None = None  #: text in the message or response, or an exact id
+
+
+def page(
+    session: Session, filters: Filters, limit: int, before: tuple[datetime, str] | None = None
+) -> list[Execution]:
+    """Up to `limit` rows matching `filters`, newest first, after the (created_at, id) cursor."""
+    query = select(Execution)
+    conditions = _conditions(filters)
+    if before is not None:
+        conditions.append(tuple_(Execution.created_at, Execution.id) < tuple_(*before))
+    if conditions:
+        query = query.where(and_(*conditions))
+    query = query.order_by(Execution.created_at.desc(), Execution.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def _conditions(filters: Filters) -> list[ColumnElement[bool]]:
+    found: list[ColumnElement[bool]] = []
+    if filters.visible is not None:
+        found.append(Execution.agent_name.in_(filters.visible))
+    if filters.agent:
+        found.append(Execution.agent_name == filters.agent)
+    if filters.status:
+        found.append(Execution.status == filters.status)
+    if filters.trigger:
+        found.append(Execution.triggered_by == filters.trigger)
+    if filters.since:
+        found.append(Execution.created_at >= _aware(filters.since))
+    if filters.until:
+        found.append(Execution.created_at < _aware(filters.until))
+    if filters.q:
+        escaped = filters.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
+        found.append(
+            or_(
+                Execution.message.ilike(pattern),
+                Execution.response.ilike(pattern),
+                Execution.id == filters.q,
+            )
+        )
+    return found
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
