@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 from simple_websocket import ConnectionClosed
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from api.context import Forbidden, principal, services
+from api.context import principal, services
 from api.follow import follow, is_terminal
+from api.guard import check_origin
 from api.hub import Batch, Hub
 from api.limits import MAX_CLIENT_MESSAGE_BYTES, SendOnlyServer, StreamLimits, StreamSlot
 from shared.errors import AgxError, InvalidField, NotFound, StreamsBusy, TooManyStreams
@@ -129,17 +129,6 @@ def _sse_event(event: dict[str, Any]) -> str:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
-
-
-def check_origin() -> None:
-    """Refuse a browser request from a foreign page (same origin or AGX_ALLOWED_ORIGINS)."""
-    origin = request.headers.get("Origin")
-    if not origin:
-        return
-    allowed = services().settings.allowed_origins
-    own = f"{urlsplit(request.host_url).scheme}://{request.host}"
-    if origin != own and origin not in allowed and "*" not in allowed:
-        raise Forbidden(f"origin '{origin[:100]}' is not allowed")
 
 
 @bp.route(WS_PATH + "<execution_id>", websocket=True)
