@@ -260,7 +260,7 @@ def _key_name(_ctx: Any, _param: Any, value: str) -> str:
 @click.option("--agent", "agent_names", multiple=True, help="Scope the key to this agent.")
 def keys_create(name: str, agent_names: tuple[str, ...]) -> None:
     """Create an API key (admin, or scoped with --agent) and print it once."""
-    from shared.apikeys import create_key
+    from shared.store.keys import create_key
 
     with _services() as services, services.Session.begin() as session:
         key = create_key(session, name, list(agent_names))

@@ -18,11 +18,12 @@ from agx import embedded
 from agx.client import UP_STATE, saved_state
 from agx.procs import spawn, stop
 from shared.agents import AgentSpec, upsert_agent
-from shared.apikeys import KEY_PREFIX, ensure_admin_key
+from shared.apikeys import KEY_PREFIX
 from shared.db import migrate
-from shared.models import Agent
 from shared.services import Services
 from shared.settings import Settings, normalize_database_url
+from shared.store import agents
+from shared.store.keys import ensure_admin_key
 
 log = logging.getLogger("agx.up")
 
@@ -68,7 +69,7 @@ def _prepare(settings: Settings) -> str:
     try:
         with services.Session.begin() as session:
             ensure_admin_key(session, key)
-            if session.get(Agent, DEMO_AGENT) is None:
+            if agents.get(session, DEMO_AGENT) is None:
                 upsert_agent(session, demo_spec())
     finally:
         services.close()

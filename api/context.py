@@ -9,11 +9,12 @@ from typing import Any, Literal, TypeVar
 from flask import current_app, g, request
 from sqlalchemy.orm import Session
 
-from shared.apikeys import Principal, authenticate, authenticate_session
+from shared.apikeys import Principal
 from shared.errors import AgxError, NotFound
 from shared.models import Agent
 from shared.services import Services
 from shared.store import agents
+from shared.store.keys import authenticate, authenticate_session
 
 
 class Unauthorized(AgxError):

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.context import SESSION_COOKIE, Unauthorized, principal, services, session_token
 from api.validation import json_body
-from shared.apikeys import csrf_token, end_session, start_session
+from shared.apikeys import csrf_token
+from shared.store.keys import end_session, start_session
 
 bp = Blueprint("session", __name__, url_prefix="/api/session")
 

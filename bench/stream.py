@@ -464,12 +464,12 @@ class AgxSide(Side):
         }
 
     def prepare(self) -> tuple[Any, str]:
-        from shared.apikeys import create_key
         from shared.db import migrate
         from shared.models import Agent
         from shared.rebuild import ensure_epoch
         from shared.services import Services
         from shared.settings import Settings
+        from shared.store.keys import create_key
 
         a = self.args
         ensure_database(a.db_url)

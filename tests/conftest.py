@@ -185,7 +185,7 @@ def make_agent(services: Services, tmp_path: Path) -> Callable[..., Agent]:
 
 @pytest.fixture
 def admin_key(services: Services) -> str:
-    from shared.apikeys import create_key
+    from shared.store.keys import create_key
 
     with services.Session.begin() as session:
         return create_key(session, f"admin-{uuid.uuid4().hex[:6]}")

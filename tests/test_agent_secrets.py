@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from shared import events
-from shared.apikeys import create_key
 from shared.models import Execution, Transcript
+from shared.store.keys import create_key
 from tests.conftest import app_client, statuses, wait_for
 
 SECRET = 'hunter2-"quoted"-\u00e9t\u00e9'  # no credential-looking name: only its value tells

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.apikeys import create_key
 from shared.models import Agent, Execution
+from shared.store.keys import create_key
 
 GOOD = {"name": "coder", "command": ["claude", "-p", "--output-format", "stream-json"]}
 

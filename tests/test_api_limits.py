@@ -7,8 +7,9 @@ import base64
 import pytest
 from click.testing import CliRunner
 
-from shared.apikeys import create_key, hash_key
+from shared.apikeys import hash_key
 from shared.models import Agent, ApiKey, Execution
+from shared.store.keys import create_key
 from tests.conftest import app_client, worker_env
 
 GOOD = {"name": "pricey", "command": ["x"]}

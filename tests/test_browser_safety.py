@@ -15,8 +15,9 @@ from sqlalchemy import select, update
 
 from api.app import create_app
 from producer import submit_execution
-from shared.apikeys import create_key, hash_key
+from shared.apikeys import hash_key
 from shared.models import Agent, ApiKey, BrowserSession, Execution, utcnow
+from shared.store.keys import create_key
 from tests.conftest import app_client, statuses
 
 ORIGIN = "http://localhost"

@@ -32,9 +32,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.app import create_app
-from shared.apikeys import create_key
 from shared.models import Agent, Execution, Schedule, Transcript
 from shared.services import Services
+from shared.store.keys import create_key
 
 MAX_EXAMPLES = int(os.environ.get("AGX_FUZZ_EXAMPLES", "20"))
 _SEED = os.environ.get("AGX_FUZZ_SEED", "fixed")

@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from api.validation import MAX_DEPTH
-from shared.apikeys import create_key
 from shared.models import Agent, Execution
 from shared.services import Services
+from shared.store.keys import create_key
 from tests.conftest import app_client
 
 

@@ -157,7 +157,7 @@ def test_make_repeatable_refuses_an_unknown_or_another_agents_execution(
 
 
 def test_an_agent_key_sees_only_its_agents_schedules(client, services, make_agent):
-    from shared.apikeys import create_key
+    from shared.store.keys import create_key
 
     make_agent("demo")
     make_agent("other")

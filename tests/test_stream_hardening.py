@@ -17,8 +17,8 @@ import websocket
 
 from producer import submit_execution
 from shared import events
-from shared.apikeys import create_key
 from shared.models import Execution, Transcript
+from shared.store.keys import create_key
 from tests.conftest import app_client, wait_for, worker_env
 
 # --- helpers ---------------------------------------------------------------------------

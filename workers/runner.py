@@ -285,6 +285,22 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
+def _end_group(proc: Popen[bytes], loop: _Loop | None, drain: bool) -> None:
+    """Every run ends here: whatever is left of the group, grandchildren included, dies; then
+    the pipes are read to their end (unless `drain` is False) and closed."""
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+    try:
+        if loop is not None and drain:
+            loop.drain()
+    finally:
+        if loop is not None:
+            loop.close()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                _close(pipe)
+
+
 def run_agent(
     argv: list[str],
     *,
@@ -325,18 +341,7 @@ def run_agent(
             _signal_group(proc.pid, signal.SIGINT)
             loop.wait(time.monotonic() + grace_seconds)
     finally:
-        # Every path ends here: whatever is left of the group, grandchildren included, dies.
-        _signal_group(proc.pid, signal.SIGKILL)
-        proc.wait()
-        try:
-            if loop is not None and why != "error":  # after a failed callback, call none again
-                loop.drain()
-        finally:
-            if loop is not None:
-                loop.close()
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                if pipe is not None:
-                    _close(pipe)
+        _end_group(proc, loop, drain=why != "error")  # after a failed callback, call none again
     killed = why != "exited" and proc.returncode < 0
     return RunOutcome(
         exit_code=None if killed else proc.returncode,

@@ -1,7 +1,7 @@
 """The stores: every read and write of a table goes through one module here.
 
-- `executions` (with transcripts), `agents`, `schedules` (with their fires); API keys and
-  browser sessions live in `shared.apikeys`, the keys store.
+- `executions` (with transcripts), `agents`, `schedules` (with their fires), `keys` (API
+  keys and browser sessions).
 - Callers never write SQL or build queries; they call a named function of a store.
 
 One access style per kind of caller:
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, text
 
-from shared.store import agents, executions, schedules
+from shared.store import agents, executions, keys, schedules
 
-__all__ = ["agents", "executions", "ping", "schedules"]
+__all__ = ["agents", "executions", "keys", "ping", "schedules"]
 
 
 def ping(engine: Engine) -> None:
