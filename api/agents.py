@@ -124,6 +124,7 @@ def submit_task(name: str, body: TaskRequest) -> Any:
         timeout_seconds=body.timeout_seconds,
         triggered_by=Trigger.manual,
         source=f"key:{who.name}",
+        api_key_id=who.key_id,
     )
     execution = submitted.execution
     if body.wait:

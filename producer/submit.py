@@ -123,6 +123,7 @@ def submit_execution(
     scheduled_for: datetime | None = None,
     parent_execution_id: str | None = None,
     resume_session_id: str | None = None,
+    api_key_id: str | None = None,
 ) -> Submitted:
     """Validate, store the row `pending`, then publish its id (re-sent if that fails)."""
     message = validate_message(message)
@@ -145,6 +146,9 @@ def submit_execution(
             scheduled_for=scheduled_for,
             parent_execution_id=parent_execution_id,
             resume_session_id=resume_session_id,
+            chat_session_id=None,
+            held_for=None,
+            api_key_id=api_key_id,
             created_at=now,
             queued_at=now if agent.in_flight >= agent.max_parallel_tasks else None,
             dispatched_at=now,

@@ -35,6 +35,7 @@ class Principal:
     name: str
     role: str
     agents: tuple[str, ...] = ()
+    key_id: str | None = None  #: the stored key's id (executions record who submitted them)
 
     @property
     def is_admin(self) -> bool:
@@ -44,7 +45,7 @@ class Principal:
     @classmethod
     def of(cls, row: ApiKey) -> Principal:
         """The principal of a stored key."""
-        return cls(row.name, row.role, tuple(row.agents or ()))
+        return cls(row.name, row.role, tuple(row.agents or ()), row.id)
 
     def may_see(self, agent: str) -> bool:
         """True when this caller may see or use the agent."""

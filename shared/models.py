@@ -79,6 +79,8 @@ class Agent(Base):
     env: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     price: Mapped[Decimal | None] = mapped_column(Numeric(18, 6))
     description: Mapped[str | None] = mapped_column(Text)
+    #: Give its runs agx itself as an MCP server (Claude-shaped agents: `--mcp-config`).
+    mcp: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -117,6 +119,21 @@ class Execution(Base):
             "parent_execution_id",
             postgresql_where=text("parent_execution_id IS NOT NULL"),
         ),
+        # Migration 0006: execution tokens, conversations, chat turns held for the previous one.
+        Index(
+            "ix_executions_token_hash",
+            "token_hash",
+            unique=True,
+            postgresql_where=text("token_hash IS NOT NULL"),
+        ),
+        Index(
+            "ix_executions_chat_session",
+            "agent_name",
+            "chat_session_id",
+            "created_at",
+            postgresql_where=text("chat_session_id IS NOT NULL"),
+        ),
+        Index("ix_executions_held_for", "held_for", postgresql_where=text("held_for IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -150,6 +167,14 @@ class Execution(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     cancel_requested_at: Mapped[datetime | None] = mapped_column()
     exit_code: Mapped[int | None] = mapped_column(Integer)
+    #: The API key that submitted it (an execution token acts for that key; none: no key).
+    api_key_id: Mapped[str | None] = mapped_column(String(32))
+    #: SHA-256 of the execution token of the current attempt (valid while it runs).
+    token_hash: Mapped[str | None] = mapped_column(String(64))
+    #: The conversation (Claude session id) a chat turn belongs to.
+    chat_session_id: Mapped[str | None] = mapped_column(String(128))
+    #: A chat turn waits, unqueued, until this execution (the previous turn) has ended.
+    held_for: Mapped[str | None] = mapped_column(String(32))
 
 
 class Transcript(Base):
