@@ -1,10 +1,13 @@
 """A stand-in agent that speaks Claude Code's stream-json, steered by directives in its message.
 
-Run as ``python -m agx.demo_agent [--model M] [--resume SESSION]``; the message
-comes on stdin. Whitespace-separated directives anywhere in the message change
-its behaviour (``sleep=2``, ``lines=100``, ``exit=3``, ``no-result``,
-``secret``, ``ignore-signals``, ``grandchild``, ``garbage``, ``stderr``);
-every other word is ordinary text.
+Run as ``python -m agx.demo_agent [--model M] [--resume SESSION | --session-id ID]``; the
+message comes on stdin. Whitespace-separated directives anywhere in the message change its
+behaviour (``sleep=2``, ``lines=100``, ``exit=3``, ``no-result``, ``secret``,
+``ignore-signals``, ``grandchild``, ``garbage``, ``stderr``); every other word is ordinary
+text. Like Claude Code it keeps its sessions: each turn is appended to
+``$AGX_DEMO_SESSIONS/<session id>.jsonl`` (default ``~/.local/state/agx-demo``), so a
+resumed session's reply names the turn and quotes the earlier messages, and resuming an
+unknown session fails as Claude's does.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL = "demo-model"
@@ -27,6 +33,9 @@ MESSAGE_CHARS = 200  #: characters of the message echoed in the reply
 SLEEP_STEP_SECONDS = 0.05
 COST_PER_TOKEN_USD = 0.00001
 RECORD_ENV = "AGX_DEMO_RECORD"
+SESSIONS_ENV = "AGX_DEMO_SESSIONS"
+SESSION_ID = re.compile(r"[A-Za-z0-9-]{1,128}")  #: what may name a session file
+EARLIER_CHARS = 40  #: characters of each earlier message quoted in a resumed reply
 FAKE_SECRETS = (
     "ANTHROPIC_API_KEY=sk-ant-demo1234567890abcdefXYZ "
     "Authorization: Bearer abcdef0123456789abcdef0123"
@@ -134,7 +143,59 @@ def side_effects(todo: Directives, model: str, session_id: str) -> None:
     pause(todo.sleep_seconds)
 
 
-def converse(message: str, model: str, session_id: str, todo: Directives) -> None:
+def sessions_dir() -> Path:
+    """Where sessions are kept (AGX_DEMO_SESSIONS, else ~/.local/state/agx-demo)."""
+    configured = os.environ.get(SESSIONS_ENV)
+    return Path(configured) if configured else Path.home() / ".local/state/agx-demo"
+
+
+def earlier_turns(session_id: str) -> list[str] | None:
+    """The messages of a kept session, oldest first; None when there is no such session."""
+    path = sessions_dir() / f"{session_id}.jsonl"
+    if not SESSION_ID.fullmatch(session_id) or not path.exists():
+        return None
+    return [json.loads(line)["message"] for line in path.read_text().splitlines() if line]
+
+
+def keep_turn(session_id: str, message: str) -> None:
+    """Append this turn to its session's file (one write: concurrent turns never interleave)."""
+    if not SESSION_ID.fullmatch(session_id):
+        return
+    folder = sessions_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / f"{session_id}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (json.dumps({"message": message, "t": time.time()}) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def reply_to(message: str, earlier: list[str]) -> str:
+    """The reply: the message echoed, and on a resumed session the turn and earlier messages."""
+    reply = REPLY_PREFIX + message.strip()[:MESSAGE_CHARS]
+    if earlier:
+        quoted = " | ".join(m.strip()[:EARLIER_CHARS] for m in earlier)
+        reply += f" (turn {len(earlier) + 1}; earlier: {quoted})"
+    return reply
+
+
+def no_session(session_id: str) -> None:
+    """The stream of a resume that names no kept session (Claude's own wording)."""
+    emit(
+        {
+            "type": "result",
+            "subtype": "error_during_execution",
+            "is_error": True,
+            "result": f"No conversation found with session ID: {session_id[:128]}",
+            "session_id": session_id[:128],
+            "num_turns": 0,
+        }
+    )
+
+
+def converse(
+    message: str, model: str, session_id: str, todo: Directives, earlier: Sequence[str] = ()
+) -> None:
     """Print the whole stream for one message: init, extras, reply and result."""
     started = time.monotonic()
     emit(
@@ -148,7 +209,7 @@ def converse(message: str, model: str, session_id: str, todo: Directives) -> Non
         }
     )
     side_effects(todo, model, session_id)
-    reply = REPLY_PREFIX + message.strip()[:MESSAGE_CHARS]
+    reply = reply_to(message, list(earlier))
     usage = {"input_tokens": len(message.split()), "output_tokens": len(reply.split())}
     assistant(reply, model, session_id, usage)
     if todo.no_result:
@@ -175,6 +236,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="agx.demo_agent", allow_abbrev=False)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--resume", default=None)
+    parser.add_argument("--session-id", default=None)
     known, _ignored = parser.parse_known_args(argv)
     return known
 
@@ -188,8 +250,14 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     record("start", message)
+    session_id = args.resume or args.session_id or str(uuid.uuid4())
     try:
-        converse(message, args.model, args.resume or str(uuid.uuid4()), todo)
+        earlier = [] if args.resume is None else earlier_turns(args.resume)
+        if earlier is None:
+            no_session(args.resume)
+            return 1
+        converse(message, args.model, session_id, todo, earlier)
+        keep_turn(session_id, message)
     except KeyboardInterrupt:
         return 130  # interrupted like a shell command would be
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flask import Blueprint, jsonify
@@ -19,12 +18,13 @@ from api.context import (
 )
 from api.serialize import agent_dict, execution_dict, links
 from api.validation import json_body
+from api.waiting import wait_terminal
 from producer import submit_execution
 from shared.agents import AgentPatch, AgentSpec, agent_values
 from shared.errors import Conflict
-from shared.models import Agent, Execution
+from shared.models import Agent
 from shared.states import ExecutionStatus, Trigger
-from shared.store import agents, executions
+from shared.store import agents
 
 bp = Blueprint("agents", __name__, url_prefix="/api/agents")
 
@@ -128,7 +128,7 @@ def submit_task(name: str, body: TaskRequest) -> Any:
     )
     execution = submitted.execution
     if body.wait:
-        execution = _wait_terminal(execution.id, svc.settings.wait_max_seconds)
+        execution = wait_terminal(execution.id, svc.settings.wait_max_seconds)
         if ExecutionStatus(execution.status).terminal:
             return jsonify(execution_dict(execution, who)), 200
     return jsonify(
@@ -139,17 +139,3 @@ def submit_task(name: str, body: TaskRequest) -> Any:
             "links": links(execution),
         }
     ), 202
-
-
-def _wait_terminal(execution_id: str, max_seconds: float) -> Execution:
-    """Poll the row (backing off to 0.5 s) until terminal or the wait bound passes."""
-    deadline = time.monotonic() + max_seconds
-    delay = 0.02
-    while True:
-        with services().Session() as session:
-            execution = executions.get(session, execution_id)
-        assert execution is not None
-        if ExecutionStatus(execution.status).terminal or time.monotonic() >= deadline:
-            return execution
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)

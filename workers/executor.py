@@ -79,6 +79,7 @@ class Job:
     message: str
     model: str | None
     resume_session_id: str | None
+    chat_session_id: str | None
     timeout_seconds: int
 
     @classmethod
@@ -91,6 +92,7 @@ class Job:
             message=claimed.message,
             model=claimed.model,
             resume_session_id=claimed.resume_session_id,
+            chat_session_id=claimed.chat_session_id,
             timeout_seconds=claimed.timeout_seconds or agent.timeout_seconds,
         )
 
@@ -412,6 +414,8 @@ def _argv(job: Job) -> list[str]:
             argv += ["--model", job.model]
         if job.resume_session_id:
             argv += ["--resume", job.resume_session_id]
+        elif job.chat_session_id:  # the first turn of a chat: its session id is chosen for it
+            argv += ["--session-id", job.chat_session_id]
     return argv
 
 

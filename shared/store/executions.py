@@ -67,6 +67,7 @@ class Claimed(NamedTuple):
     message: str
     model: str | None
     resume_session_id: str | None
+    chat_session_id: str | None
     timeout_seconds: int | None  #: None: the agent's own
 
 
@@ -87,7 +88,7 @@ _CLAIM_RETURNING = (
     "UPDATE executions SET status = 'running', attempt = attempt + 1, started_at = %(now)s,"
     " heartbeat_at = %(now)s, worker_id = %(worker)s"
     " WHERE id = %(id)s AND agent_name = %(agent)s AND status = 'pending'"
-    " RETURNING attempt, message, model, resume_session_id, timeout_seconds"
+    " RETURNING attempt, message, model, resume_session_id, chat_session_id, timeout_seconds"
 )
 # A stop accepted before this write wins over whatever the run produced (invariant 2,
 # docs/architecture.md).
