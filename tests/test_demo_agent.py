@@ -126,11 +126,36 @@ def test_a_plain_message_yields_init_then_assistant_then_result() -> None:
     assert result["usage"] == {"input_tokens": 2, "output_tokens": 3}
 
 
-def test_model_and_resume_set_the_model_and_session_and_other_arguments_are_ignored() -> None:
-    demo = run_demo("hi", "-p", "--output-format=stream-json", "--model", "m-1", "--resume", "s-9")
+def test_model_and_session_id_set_the_model_and_session_and_other_arguments_are_ignored(
+    tmp_path: Path,
+) -> None:
+    env = {**ENV, "AGX_DEMO_SESSIONS": str(tmp_path)}
+    args = ("-p", "--output-format=stream-json", "--model", "m-1", "--session-id", "s-9")
+    demo = run_demo("hi", *args, env=env)
     init, reply, result = demo.events()
     assert (init["model"], init["session_id"]) == ("m-1", "s-9")
     assert reply["message"]["model"] == "m-1" and result["session_id"] == "s-9"
+
+
+def test_resume_continues_a_kept_session_and_its_reply_knows_the_earlier_turns(
+    tmp_path: Path,
+) -> None:
+    env = {**ENV, "AGX_DEMO_SESSIONS": str(tmp_path)}
+    first = run_demo("my name is Ada", "--session-id", "chat-1", env=env).results()[0]
+    assert first["result"] == "demo: my name is Ada"
+    again = run_demo("who am I", "--resume", "chat-1", env=env)
+    result = again.results()[0]
+    assert again.code == 0 and result["session_id"] == "chat-1"
+    assert result["result"] == "demo: who am I (turn 2; earlier: my name is Ada)"
+    fresh = run_demo("who am I", "--session-id", "chat-2", env=env).results()[0]
+    assert fresh["result"] == "demo: who am I"  # another session knows nothing of chat-1
+
+
+def test_resuming_an_unknown_session_fails_like_claude(tmp_path: Path) -> None:
+    demo = run_demo("hi", "--resume", "no-such", env={**ENV, "AGX_DEMO_SESSIONS": str(tmp_path)})
+    (result,) = demo.results()
+    assert demo.code == 1 and result["is_error"]
+    assert result["result"] == "No conversation found with session ID: no-such"
 
 
 def test_the_reply_echoes_the_first_200_characters_of_the_stripped_message() -> None:
