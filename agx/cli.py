@@ -13,8 +13,10 @@ from typing import Any
 
 import click
 
+from agx.chat_cli import chat
 from agx.client import ApiError, Client, call
 from agx.schedules_cli import scheduler, schedules
+from agx.status_cli import status
 from shared.settings import Settings
 
 
@@ -37,10 +39,9 @@ def _services() -> Iterator[Any]:
 @click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
 def main(verbose: bool) -> None:
     """agx: run AI-agent executions on a distributed job queue."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from shared.logs import configure
+
+    configure(logging.DEBUG if verbose else logging.INFO)
 
 
 @main.command()
@@ -61,20 +62,33 @@ def migrate() -> None:
 def api(host: str, port: int, procs: int, threads: int) -> None:
     """Serve the REST API, streams and pages (gunicorn, threaded)."""
     from agx.serve import ApiServer
+    from shared.multiproc import forget_tree, prepare_multiproc
 
     _settings().require()
-    ApiServer(f"{host}:{port}", procs, threads).run()
+    samples = prepare_multiproc("api")  # before gunicorn forks its workers
+    try:
+        ApiServer(f"{host}:{port}", procs, threads).run()
+    finally:
+        forget_tree(samples)
 
 
 @main.command()
 @click.option("--processes", "-p", default=2, show_default=True)
 @click.option("--threads", "-t", default=8, show_default=True)
-def workers(processes: int, threads: int) -> None:
-    """Run a Dramatiq worker pool consuming executions."""
+@click.option("--metrics-port", type=int, default=None, help="Serve /metrics on this port.")
+def workers(processes: int, threads: int, metrics_port: int | None) -> None:
+    """Run a Dramatiq worker pool consuming executions (SIGTERM drains it: README)."""
+    from shared.multiproc import forget_tree, prepare_multiproc
+
     settings = _settings().require()
+    samples = prepare_multiproc("workers")  # before the pool's processes start
+    from shared.metrics import serve  # after: prometheus-client reads the folder on import
+
+    serve(metrics_port)
     env = dict(os.environ)
     # Prefetch no more than a process can start: parked executions wait in Redis, not here.
     env.setdefault("dramatiq_queue_prefetch", str(threads))
+    env["AGX_WORKER_THREADS"] = str(threads)  # what each process reports as its capacity
     if not settings.effective_broker_url.startswith("amqp"):
         # Dramatiq's Redis broker polls, backing off up to this many ms: keep promotion prompt.
         env.setdefault("dramatiq_worker_timeout", "20")
@@ -87,26 +101,36 @@ def workers(processes: int, threads: int) -> None:
         str(processes),
         "--threads",
         str(threads),
-        "--worker-shutdown-timeout",
-        "15000",
+        "--worker-shutdown-timeout",  # the drain's grace, then time to record the rest
+        str(int((settings.drain_seconds + 30) * 1000)),
     ]
     from agx.pool import run_pool
 
-    sys.exit(run_pool(argv, env))
+    env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(samples)}
+    try:
+        code = run_pool(argv, env)
+    finally:
+        forget_tree(samples)
+    sys.exit(code)
 
 
 @main.command()
 @click.option("--interval", default=2.0, show_default=True, help="seconds between sweeps")
-def reaper(interval: float) -> None:
+@click.option("--metrics-port", type=int, default=None, help="Serve /metrics on this port.")
+def reaper(interval: float, metrics_port: int | None) -> None:
     """Re-dispatch lost submissions, fail runs whose worker died, promote waiters."""
     import signal
     import threading
 
+    from shared.fleet import Presence
+    from shared.metrics import serve
     from workers.reaper import run_forever
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with _services() as services, suppress(KeyboardInterrupt):
+        Presence(services.redis, "reaper").start()
+        serve(metrics_port)
         run_forever(services, interval, stop)
 
 
@@ -269,3 +293,5 @@ def keys_create(name: str, agent_names: tuple[str, ...]) -> None:
 
 main.add_command(schedules)
 main.add_command(scheduler)
+main.add_command(chat)
+main.add_command(status)

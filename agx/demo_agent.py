@@ -3,8 +3,9 @@
 Run as ``python -m agx.demo_agent [--model M] [--resume SESSION | --session-id ID]``; the
 message comes on stdin. Whitespace-separated directives anywhere in the message change its
 behaviour (``sleep=2``, ``lines=100``, ``exit=3``, ``no-result``, ``secret``,
-``ignore-signals``, ``grandchild``, ``garbage``, ``stderr``); every other word is ordinary
-text. Like Claude Code it keeps its sessions: each turn is appended to
+``ignore-signals``, ``grandchild``, ``garbage``, ``stderr``, and ``call=AGENT``, which runs
+the rest of the message on AGENT through agx's MCP endpoint, see `agx.demo_mcp`); every other
+word is ordinary text. Like Claude Code it keeps its sessions: each turn is appended to
 ``$AGX_DEMO_SESSIONS/<session id>.jsonl`` (default ``~/.local/state/agx-demo``), so a
 resumed session's reply names the turn and quotes the earlier messages, and resuming an
 unknown session fails as Claude's does.
@@ -26,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from agx.demo_mcp import call_reply
 
 DEFAULT_MODEL = "demo-model"
 REPLY_PREFIX = "demo: "
@@ -209,7 +212,7 @@ def converse(
         }
     )
     side_effects(todo, model, session_id)
-    reply = reply_to(message, list(earlier))
+    reply = reply_to(message, list(earlier)) + call_reply(message)  # call=AGENT: through MCP
     usage = {"input_tokens": len(message.split()), "output_tokens": len(reply.split())}
     assistant(reply, model, session_id, usage)
     if todo.no_result:
@@ -256,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         if earlier is None:
             no_session(args.resume)
             return 1
+        keep_turn(session_id, message)  # as Claude does: the message is kept when it comes
         converse(message, args.model, session_id, todo, earlier)
-        keep_turn(session_id, message)
     except KeyboardInterrupt:
         return 130  # interrupted like a shell command would be
     finally:

@@ -140,9 +140,12 @@ def resume(schedule_id: str) -> None:
     help="How often schedule changes are read from the database.",
 )
 @click.option("--threads", default=10, show_default=True, help="Fires handled at once.")
-def scheduler(poll_seconds: float, threads: int) -> None:
+@click.option("--metrics-port", type=int, default=None, help="Serve /metrics on this port.")
+def scheduler(poll_seconds: float, threads: int, metrics_port: int | None) -> None:
     """Run the cron service: fire enabled schedules (any number of these may run)."""
     from scheduler import SchedulerService
+    from shared.fleet import Presence
+    from shared.metrics import serve
     from shared.services import Services
     from shared.settings import Settings
 
@@ -155,6 +158,8 @@ def scheduler(poll_seconds: float, threads: int) -> None:
         threads=threads,
         allow_seconds=services.settings.cron_seconds,
     )
+    Presence(services.redis, "scheduler").start()
+    serve(metrics_port)
     try:
         service.run(stop)
     except KeyboardInterrupt:

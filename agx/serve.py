@@ -31,6 +31,7 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
             "limit_request_line": LIMIT_REQUEST_LINE,
             "limit_request_fields": LIMIT_REQUEST_FIELDS,
             "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
+            "child_exit": _child_exit,
         }
         super().__init__()
 
@@ -42,3 +43,10 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
         from api.app import create_app
 
         return create_app()
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    """A gunicorn worker exited: its live gauges leave /metrics (its counters stay)."""
+    from shared.metrics import process_dead
+
+    process_dead(worker.pid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -82,7 +83,7 @@ def _save_state(home: Path, url: str, key: str) -> None:
     path.chmod(0o600)
 
 
-def _child_env(settings: Settings, key: str) -> dict[str, str]:
+def _child_env(settings: Settings, key: str, host: str, port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         AGX_DATABASE_URL=settings.database_url or "",
@@ -90,6 +91,10 @@ def _child_env(settings: Settings, key: str) -> dict[str, str]:
         AGX_HOME=str(settings.home),
         AGX_API_KEY=key,
     )
+    # Agents call agx back (MCP) at the URL served here; a wildcard bind is reached locally.
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    local = f"[{local}]" if ":" in local else local
+    env.setdefault("AGX_API_URL", f"http://{local}:{port}")
     if settings.broker_url:
         env["AGX_BROKER_URL"] = settings.broker_url
     return env
@@ -98,8 +103,15 @@ def _child_env(settings: Settings, key: str) -> dict[str, str]:
 class Supervisor:
     """Runs named children, restarts one that dies, stops all of them on request."""
 
-    def __init__(self, commands: dict[str, list[str]], env: dict[str, str], log_dir: Path):
+    def __init__(
+        self,
+        commands: dict[str, list[str]],
+        env: dict[str, str],
+        log_dir: Path,
+        grace: dict[str, float] | None = None,
+    ):
         self.commands, self.env, self.log_dir = commands, env, log_dir
+        self.grace = grace or {}  #: seconds a child has to stop after SIGTERM (default 20)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: dict[str, int] = {}
         self.stopping = threading.Event()
@@ -130,15 +142,34 @@ class Supervisor:
                 self.restarts[name] = count + 1
                 self.start(name)
 
+    def hurry(self) -> None:
+        """Signal every child again: a worker pool that is draining stops its runs now."""
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+
     def stop_all(self, watcher: threading.Thread) -> None:
         """Stop restarting, then stop every child (SIGTERM, grace, SIGKILL) in parallel."""
         self.stopping.set()
         watcher.join(timeout=35)
-        threads = [threading.Thread(target=stop, args=(p, 20)) for p in self.procs.values()]
+        threads = [
+            threading.Thread(target=stop, args=(p, self.grace.get(name, 20)))
+            for name, p in self.procs.items()
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+
+
+def _commands(host: str, port: int, processes: int, threads: int) -> dict[str, list[str]]:
+    agx = [sys.executable, "-m", "agx"]
+    return {
+        "api": agx + ["api", "--host", host, "--port", str(port)],
+        "workers": agx + ["workers", "--processes", str(processes), "--threads", str(threads)],
+        "reaper": agx + ["reaper"],
+        "scheduler": agx + ["scheduler"],
+    }
 
 
 def run_up(settings: Settings, host: str, port: int, processes: int, threads: int) -> int:
@@ -147,25 +178,26 @@ def run_up(settings: Settings, host: str, port: int, processes: int, threads: in
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings.home.mkdir(parents=True, exist_ok=True)
     (settings.home / "logs").mkdir(exist_ok=True)
-    stop_requested = threading.Event()
+    stop_requested, supervisor = threading.Event(), None
+
+    def on_signal(*_: object) -> None:
+        if stop_requested.is_set() and supervisor is not None:
+            supervisor.hurry()  # a second Ctrl-C: running agents are stopped now
+        stop_requested.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop_requested.set())
+        signal.signal(sig, on_signal)
     with ExitStack() as stack:
         settings = _with_services(settings, stack)
         key = _prepare(settings)
         url = f"http://{host}:{port}"
         _save_state(settings.home, url, key)
-        agx = [sys.executable, "-m", "agx"]
         supervisor = Supervisor(
-            {
-                "api": agx + ["api", "--host", host, "--port", str(port)],
-                "workers": agx
-                + ["workers", "--processes", str(processes), "--threads", str(threads)],
-                "reaper": agx + ["reaper"],
-                "scheduler": agx + ["scheduler"],
-            },
-            _child_env(settings, key),
+            _commands(host, port, processes, threads),
+            _child_env(settings, key, host, port),
             settings.home / "logs",
+            # the worker pool drains: its runs have drain_seconds to finish
+            grace={"workers": settings.drain_seconds + 30},
         )
         watcher = threading.Thread(target=supervisor.watch, daemon=True)
         watcher.start()
@@ -176,7 +208,11 @@ def run_up(settings: Settings, host: str, port: int, processes: int, threads: in
         )
         while not stop_requested.wait(0.5):
             pass
-        print("stopping...", flush=True)
+        print(
+            f"stopping (running agents have {settings.drain_seconds:.0f} s to finish; "
+            "Ctrl-C again stops them now)...",
+            flush=True,
+        )
         supervisor.stop_all(watcher)
     print("stopped.", flush=True)
     return 0

@@ -32,13 +32,33 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.secret_key = settings.secret_key or secrets.token_hex(32)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    from api import agents, executions, guard, health, openapi, schedules, session, streams
+    from api import (
+        agents,
+        chat,
+        executions,
+        guard,
+        health,
+        metrics,  # /metrics, and every request counted and timed
+        openapi,
+        schedules,
+        session,
+        streams,
+    )
     from api.validation import register as guard_input
 
+    metrics.instrument(app)  # first: it times the guards too
+    app.register_blueprint(metrics.bp)
     guard.init_app(app)  # before the blueprints' own hooks: authenticate first, always
     guard_input(app)  # then refuse NUL in paths and query strings, on every route
-    for module in (agents, executions, health, openapi, schedules, session, streams):
+    for module in (agents, chat, executions, health, openapi, schedules, session, streams):
         app.register_blueprint(module.bp)
+    from api import activity, mcp  # the activity summary; MCP at /mcp (not under /api)
+
+    for module in (activity, mcp):
+        app.register_blueprint(module.bp)
+    from api import pages  # the web pages (GET / leads to /executions); docs/pages.md
+
+    app.register_blueprint(pages.bp)
     _register_errors(app)
     return app
 
@@ -55,7 +75,7 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Any:
-        transient = _transient(exc)
+        transient = transient_error(exc)
         if transient is not None:
             log.warning("request failed, the client may retry: %s", exc)
             code, message = transient
@@ -73,7 +93,7 @@ _CONFLICTS = (
 )
 
 
-def _transient(exc: Exception) -> tuple[str, str] | None:
+def transient_error(exc: Exception) -> tuple[str, str] | None:
     """(code, message) for a failure that a retry may cure, None for a bug.
 
     Two transactions that deadlocked, or a database or Redis out of reach, are not the

@@ -9,12 +9,12 @@ from typing import Any, Literal, TypeVar
 from flask import current_app, g, request
 from sqlalchemy.orm import Session
 
-from shared.apikeys import Principal
+from shared.apikeys import EXECUTION_TOKEN_PREFIX, Principal
 from shared.errors import AgxError, NotFound
 from shared.models import Agent
 from shared.services import Services
 from shared.store import agents
-from shared.store.keys import authenticate, authenticate_session
+from shared.store.keys import authenticate, authenticate_execution, authenticate_session
 
 
 class Unauthorized(AgxError):
@@ -49,22 +49,54 @@ def bearer_token() -> str | None:
 SESSION_COOKIE = "agx_session"
 
 
+#: Methods that change state: an execution token may not use them on the REST API.
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 def principal() -> Principal:
-    """The authenticated caller (bearer key, else session cookie), checked once per request."""
+    """The authenticated caller (bearer key or execution token, else session cookie), checked
+    once per request."""
     if "principal" not in g:
         token = bearer_token()
         cookie = None if token else request.cookies.get(SESSION_COOKIE)
         found = None
         if token or cookie:
             with services().Session() as db:
-                found = authenticate(db, token) if token else authenticate_session(db, cookie or "")
+                found = _bearer(db, token) if token else authenticate_session(db, cookie or "")
         if found is None:
             raise Unauthorized(
                 "a valid API key is required: send 'Authorization: Bearer <key>'"
                 " or sign in with POST /api/session"
             )
         g.principal, g.session_token = found, cookie
+    if g.principal.execution_id and request.method in WRITE_METHODS:
+        # Agent-to-agent calls go through /mcp, where the call chain is checked.
+        raise Forbidden("an execution token may only read the REST API; call agents via /mcp")
     return g.principal
+
+
+def bearer_principal() -> Principal:
+    """The caller of a bearer-only endpoint (/mcp): an API key or an execution token, never a
+    browser session's cookie."""
+    token = bearer_token()
+    found = None
+    if token:
+        with services().Session() as db:
+            found = _bearer(db, token)
+    if found is None:
+        raise Unauthorized(
+            "a valid API key or execution token is required: send 'Authorization: Bearer <key>'"
+        )
+    return found
+
+
+def _bearer(db: Session, token: str) -> Principal | None:
+    """The principal of a bearer token: an execution token's, else an API key's."""
+    if token.startswith(EXECUTION_TOKEN_PREFIX):
+        found = authenticate_execution(db, token)
+        if found is not None:
+            return found
+    return authenticate(db, token)
 
 
 def session_token() -> str | None:

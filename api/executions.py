@@ -48,7 +48,7 @@ class ListQuery(BaseModel):
 @query_params(ListQuery)
 def list_executions(query: ListQuery) -> Any:
     """Executions, newest first, with filters and a cursor."""
-    return jsonify(_page(query))
+    return jsonify(page_of(query))
 
 
 @bp.get("/agents/<name>/executions")
@@ -56,7 +56,7 @@ def list_executions(query: ListQuery) -> Any:
 def list_agent_executions(name: str, query: ListQuery) -> Any:
     """One agent's executions, newest first."""
     require_agent_visible(name)
-    return jsonify(_page(query.model_copy(update={"agent": name})))
+    return jsonify(page_of(query.model_copy(update={"agent": name})))
 
 
 @bp.get("/agents/<name>/executions/<execution_id>")
@@ -72,13 +72,14 @@ def get_execution(name: str, execution_id: str) -> Any:
         execution_dict(
             execution,
             who,
-            _positions([execution]).get(execution.id),
+            queue_positions([execution]).get(execution.id),
             transcript.content if transcript else "",
         )
     )
 
 
-def _page(query: ListQuery) -> dict[str, Any]:
+def page_of(query: ListQuery) -> dict[str, Any]:
+    """A page of the executions the caller may see (the list routes' and pages' body)."""
     who = principal()
     filters = executions.Filters(
         visible=None if who.is_admin else who.agents,
@@ -94,14 +95,14 @@ def _page(query: ListQuery) -> dict[str, Any]:
         rows = executions.page(session, filters, query.limit + 1, before)
     more = len(rows) > query.limit
     rows = rows[: query.limit]
-    positions = _positions(rows)
+    positions = queue_positions(rows)
     return {
         "items": [execution_dict(r, who, positions.get(r.id)) for r in rows],
         "next_cursor": _encode_cursor(rows[-1]) if more and rows else None,
     }
 
 
-def _positions(rows: list[Execution]) -> dict[str, int]:
+def queue_positions(rows: list[Execution]) -> dict[str, int]:
     """Live queue positions of the pending rows that wait for a slot (none while Redis is
     out of reach: the rows themselves come from PostgreSQL)."""
     waiting = [r for r in rows if r.status == ExecutionStatus.pending.value and r.queued_at]

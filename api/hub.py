@@ -127,7 +127,8 @@ class Hub:
                         self._ready.set()
                     elif message["type"] == "pmessage":
                         self._route(message["channel"], message["data"])
-            except (redis.RedisError, OSError, ValueError):
+            except Exception:  # any error of its Redis client (redis-py may raise others
+                # than RedisError when a connection is closed under it): it must survive
                 if self._closed.is_set():
                     return
                 # Redis restarting: clients catch up from the stream once it is back.

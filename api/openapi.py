@@ -75,6 +75,42 @@ AGENT = {
         "env": {"type": "object", "description": "values are masked for non-admin keys"},
         "price": {**_nullable("string"), "description": "a decimal, as a string"},
         "description": _nullable("string"),
+        "mcp": {"type": "boolean", "description": "its runs get agx as an MCP server"},
+    },
+}
+_COUNTS = {"type": "object", "additionalProperties": _INT}
+ACTIVITY_WINDOW = {
+    "type": "object",
+    "required": ["since", "total", "by_status", "by_trigger", "success_rate"],
+    "properties": {
+        "since": _STR,
+        "total": _INT,
+        "by_status": _COUNTS,
+        "by_trigger": _COUNTS,
+        "success_rate": {
+            **_nullable("number"),
+            "description": "completed / (completed + failed); null when none finished so",
+        },
+        "total_cost_usd": _nullable("number"),
+        "average_cost_usd": _nullable("number"),
+        "average_duration_ms": _nullable("number"),
+        "p95_duration_ms": _nullable("number"),
+    },
+}
+ACTIVITY = {
+    "type": "object",
+    "required": ["agent", "running_now", "waiting_now", "last_execution", "windows"],
+    "properties": {
+        "agent": _STR,
+        "at": _STR,
+        "running_now": _INT,
+        "waiting_now": _INT,
+        "last_execution": {"type": ["object", "null"]},
+        "windows": {
+            "type": "object",
+            "required": ["24h", "7d"],
+            "additionalProperties": ACTIVITY_WINDOW,
+        },
     },
 }
 _LINKS = {"type": "object", "additionalProperties": {"type": "string"}}
@@ -102,6 +138,50 @@ TASK_ACCEPTED = {
         "status": _STR,
         "queue_position": _nullable("integer"),
         "links": _LINKS,
+    },
+}
+CHAT_ACCEPTED = {
+    "type": "object",
+    "required": ["execution_id", "session_id", "status", "links"],
+    "properties": {
+        "execution_id": _STR,
+        "session_id": {"type": "string", "description": "send it with the next message"},
+        "status": _STR,
+        "queue_position": _nullable("integer"),
+        "waiting_for": {
+            **_nullable("string"),
+            "description": "the previous turn, still in flight: this one runs after it",
+        },
+        "links": _LINKS,
+    },
+}
+CONVERSATION = {
+    "type": "object",
+    "required": ["agent", "session_id", "turns"],
+    "properties": {
+        "agent": _STR,
+        "session_id": _STR,
+        "turns": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "message", "status"],
+                "properties": {
+                    "id": _STR,
+                    "message": _STR,
+                    "response": _nullable("string"),
+                    "status": {"enum": [s.value for s in ExecutionStatus]},
+                    "error": _nullable("string"),
+                    "cost": _nullable("number"),
+                    "triggered_by": _STR,
+                    "parent_execution_id": _nullable("string"),
+                    "waiting_for": _nullable("string"),
+                    "created_at": _nullable("string"),
+                    "completed_at": _nullable("string"),
+                    "links": _LINKS,
+                },
+            },
+        },
     },
 }
 FIRE = {
@@ -139,14 +219,28 @@ SIGNED_IN = {
     "required": ["name", "role"],
     "properties": {"name": _STR, "role": _STR, "csrf_token": _STR},
 }
+PREVIEW = {
+    "type": "object",
+    "required": ["cron", "timezone", "next_runs", "next_runs_local"],
+    "properties": {
+        "cron": _STR,
+        "timezone": _STR,
+        "next_runs": {"type": "array", "items": _STR, "description": "UTC, ISO 8601"},
+        "next_runs_local": {"type": "array", "items": _STR, "description": "in the zone"},
+    },
+}
 RESPONSE_SCHEMAS = {
+    "Preview": PREVIEW,
     "Error": ERROR,
     "Agent": AGENT,
     "Execution": EXECUTION,
     "TaskAccepted": TASK_ACCEPTED,
+    "ChatAccepted": CHAT_ACCEPTED,
+    "Conversation": CONVERSATION,
     "Fire": FIRE,
     "Schedule": SCHEDULE,
     "SignedIn": SIGNED_IN,
+    "Activity": ACTIVITY,
 }
 
 
@@ -198,6 +292,18 @@ OPERATIONS: dict[str, Doc] = {
         },
         (409, 429),
     ),
+    "chat.chat": Doc(
+        {"202": ("Accepted: runs after the conversation's previous turn", _one("ChatAccepted"))},
+        (409, 429),
+    ),
+    "chat.continue_chat": Doc(
+        {"202": ("Accepted: the execution's session goes on", _one("ChatAccepted"))},
+        (409, 429),
+    ),
+    "chat.conversation": Doc({"200": ("The turns, oldest first", _one("Conversation"))}),
+    "activity.agent_activity": Doc(
+        {"200": ("Activity over the last 24 h and 7 d, and now", _one("Activity"))}
+    ),
     "executions.list_executions": Doc({"200": ("A page", _page("Execution", cursor=True))}),
     "executions.list_agent_executions": Doc({"200": ("A page", _page("Execution", cursor=True))}),
     "executions.get_execution": Doc({"200": ("The whole record", _one("Execution"))}),
@@ -210,6 +316,7 @@ OPERATIONS: dict[str, Doc] = {
     ),
     "schedules.list_schedules": Doc({"200": ("The schedules", _page("Schedule"))}),
     "schedules.list_agent_schedules": Doc({"200": ("The schedules", _page("Schedule"))}),
+    "schedules.preview_schedule": Doc({"200": ("The next run times", _one("Preview"))}),
     "schedules.create_schedule": Doc({"201": ("Created", _one("Schedule"))}, _RACES),
     "schedules.get_schedule": Doc({"200": ("The schedule and its latest fires", _one("Schedule"))}),
     "schedules.list_fires": Doc({"200": ("A page of fires", _page("Fire", cursor=True))}),

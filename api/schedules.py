@@ -86,6 +86,38 @@ def list_schedules() -> Any:
         return jsonify({"items": [schedule_dict(s) for s in rows if who.may_see(s.agent_name)]})
 
 
+class PreviewQuery(BaseModel):
+    """A cron and zone to preview, and how many run times to show."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(min_length=1, max_length=200)
+    timezone: str = Field("UTC", min_length=1, max_length=64)
+    count: int = Field(5, ge=1, le=20)
+
+
+@bp.get("/schedules/preview")
+@query_params(PreviewQuery)
+def preview_schedule(query: PreviewQuery) -> Any:
+    """The next run times of a cron in a zone, computed by the scheduler's own code."""
+    times = fire_times(query.cron, query.timezone)
+    found: list[datetime] = []
+    at: datetime | None = utcnow()
+    while at is not None and len(found) < query.count:
+        at = times.next_after(at)
+        if at is not None:  # None: the cron never fires again (like 30 February)
+            found.append(at)
+    tz = zone(query.timezone)
+    return jsonify(
+        {
+            "cron": " ".join(query.cron.split()),
+            "timezone": query.timezone,
+            "next_runs": [iso(t) for t in found],
+            "next_runs_local": [t.astimezone(tz).isoformat() for t in found],
+        }
+    )
+
+
 @bp.get("/agents/<name>/schedules")
 def list_agent_schedules(name: str) -> Any:
     """One agent's schedules."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from scheduler import FireTimes
 from shared.apikeys import Principal
 from shared.models import Agent, Execution, Schedule, ScheduleFire, utcnow
+from shared.store.activity import Activity, Window
 from shared.timefmt import iso
 
 MASKED = "********"  #: what a non-admin key sees instead of an env value
@@ -35,6 +37,7 @@ _PLAIN = (
     "output_tokens",
     "num_turns",
     "claude_session_id",
+    "chat_session_id",
     "duration_ms",
     "schedule_id",
     "parent_execution_id",
@@ -77,10 +80,29 @@ def execution_dict(
     return data
 
 
+def turn_dict(execution: Execution, viewer: Principal) -> dict[str, Any]:
+    """One turn of a conversation: the message, the reply and how the run went."""
+    full = execution_dict(execution, viewer)
+    keep = ("id", "message", "response", "status", "error", "cost", "triggered_by")
+    turn = {name: full[name] for name in keep}
+    turn.update(
+        parent_execution_id=execution.parent_execution_id,
+        waiting_for=execution.held_for,
+        created_at=full["created_at"],
+        completed_at=full["completed_at"],
+        links=full["links"],
+    )
+    return turn
+
+
 def _source_for(viewer: Principal, source: str | None) -> str | None:
-    """Another key's name is not shown to a scoped key: only that a key asked."""
+    """Another key's name is not shown to a scoped key, only that a key asked; nor a calling
+    run of an agent it may not see (`agent:NAME/ID`), only that an agent asked."""
     if source and source.startswith("key:") and source != f"key:{viewer.name}":
         return "key"
+    if source and source.startswith("agent:"):
+        caller = source.removeprefix("agent:").split("/", 1)[0]
+        return source if viewer.may_see(caller) else "agent"
     return source
 
 
@@ -99,6 +121,7 @@ def agent_dict(agent: Agent, reveal_env: bool = True) -> dict[str, Any]:
         "env": env,
         "price": None if agent.price is None else str(agent.price),
         "description": agent.description,
+        "mcp": agent.mcp,
         "created_at": iso(agent.created_at),
         "updated_at": iso(agent.updated_at),
     }
@@ -159,3 +182,40 @@ def fire_dict(fire: ScheduleFire) -> dict[str, Any]:
         "reason": fire.reason,
         "recorded_at": iso(fire.updated_at),
     }
+
+
+def activity_dict(activity: Activity) -> dict[str, Any]:
+    """An agent's activity summary (GET /api/agents/{name}/activity, the MCP tool)."""
+    last = activity.last_execution
+    return {
+        "agent": activity.agent,
+        "at": iso(activity.at),
+        "running_now": activity.running_now,
+        "waiting_now": activity.waiting_now,
+        "last_execution": None
+        if last is None
+        else {
+            **last,
+            "created_at": iso(last["created_at"]),
+            "completed_at": iso(last["completed_at"]),
+        },
+        "windows": {label: _window_dict(w) for label, w in activity.windows.items()},
+    }
+
+
+def _window_dict(window: Window) -> dict[str, Any]:
+    return {
+        "since": iso(window.since),
+        "total": window.total,
+        "by_status": window.by_status,
+        "by_trigger": window.by_trigger,
+        "success_rate": window.success_rate,
+        "total_cost_usd": _money(window.total_cost),
+        "average_cost_usd": _money(window.average_cost),
+        "average_duration_ms": window.average_duration_ms,
+        "p95_duration_ms": window.p95_duration_ms,
+    }
+
+
+def _money(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)

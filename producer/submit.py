@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,8 +16,7 @@ from shared.db import driver_connection
 from shared.errors import InvalidField, NotFound, QueueFull
 from shared.models import Execution, new_id, utcnow
 from shared.services import Services
-from shared.slots import submitted_us
-from shared.states import ExecutionStatus, Trigger
+from shared.states import IN_FLIGHT, ExecutionStatus, Trigger
 from shared.store import agents, executions
 
 log = logging.getLogger(__name__)
@@ -35,6 +33,7 @@ class Publication(StrEnum):
     sent = "sent"  #: published to the broker
     failed = "failed"  #: the publish failed: the row stays pending and the reaper re-sends it
     parked = "parked"  #: it waits for a slot: the release that frees one sends it
+    held = "held"  #: a chat turn waiting for the turn before it: that turn's end queues it
 
     @classmethod
     def of(cls, published: bool | None) -> Publication:
@@ -99,15 +98,66 @@ def _refuse_if_full(agent: Any, in_flight: int) -> None:
         )
 
 
-def _insert_exactly(services: Services, agent: Any, row: dict[str, Any]) -> None:
-    """Near the limit: lock the agent row, count afresh (a new statement, a new snapshot),
-    then refuse or insert, in one transaction, so the limit is exact under concurrency."""
+@dataclass(frozen=True)
+class ChatTurn:
+    """A message to a conversation (a Claude session): its turns are submitted one at a time
+    and run one at a time, in order."""
+
+    session_id: str
+    resume: bool  #: False for the first turn, which starts the session under this id
+
+
+def _insert_exactly(
+    services: Services, agent: Any, row: dict[str, Any], chat: ChatTurn | None
+) -> None:
+    """Near the limit, or for a chat turn: lock the agent row, count afresh (a new statement,
+    a new snapshot), then refuse or insert, in one transaction, so the limit is exact under
+    concurrency. A chat turn also takes its conversation's lock and, while the conversation's
+    latest execution is in flight, is held for it (in no queue, holding no slot)."""
     with driver_connection(services.engine) as conn, conn.transaction():
         agents.lock_key(conn, agent.name)
         in_flight = agents.in_flight(conn, agent.name)
         _refuse_if_full(agent, in_flight)
         row["queued_at"] = row["created_at"] if in_flight >= agent.max_parallel_tasks else None
+        if chat is not None:
+            _follow_last_turn(conn, agent.name, row, chat)
         executions.insert(conn, row)
+
+
+def _follow_last_turn(
+    conn: psycopg.Connection[Any], agent: str, row: dict[str, Any], chat: ChatTurn
+) -> None:
+    """Place a chat turn after its conversation's latest execution (its parent by default)."""
+    executions.lock_conversation(conn, agent, chat.session_id)
+    last = executions.last_turn(conn, agent, chat.session_id)
+    if last is None and chat.resume:
+        raise NotFound(f"agent '{agent}' has no conversation '{chat.session_id}'")
+    if last is None:
+        return
+    row["parent_execution_id"] = row["parent_execution_id"] or last.id
+    if last.status in IN_FLIGHT:
+        row["held_for"], row["queued_at"] = last.id, row["created_at"]
+
+
+def _row(agent: Any, message: str, model: str | None, **given: Any) -> dict[str, Any]:
+    """Every column of executions.COLUMNS for a new pending row."""
+    chat: ChatTurn | None = given.pop("chat")
+    now = utcnow()
+    return dict(
+        id=new_id(),
+        agent_name=agent.name,
+        status=ExecutionStatus.pending.value,
+        message=message,
+        model=model or agent.default_model,
+        chat_session_id=None if chat is None else chat.session_id,
+        resume_session_id=chat.session_id if chat is not None and chat.resume else None,
+        held_for=None,
+        created_at=now,
+        queued_at=now if agent.in_flight >= agent.max_parallel_tasks else None,
+        dispatched_at=now,
+        attempt=0,
+        **given,
+    )
 
 
 def submit_execution(
@@ -122,7 +172,7 @@ def submit_execution(
     schedule_id: str | None = None,
     scheduled_for: datetime | None = None,
     parent_execution_id: str | None = None,
-    resume_session_id: str | None = None,
+    chat: ChatTurn | None = None,
     api_key_id: str | None = None,
 ) -> Submitted:
     """Validate, store the row `pending`, then publish its id (re-sent if that fails)."""
@@ -132,58 +182,30 @@ def submit_execution(
     with driver_connection(services.engine) as conn:
         agent = _agent(conn, agent_name)
         _refuse_if_full(agent, agent.in_flight)
-        now = utcnow()
-        row: dict[str, Any] = dict(
-            id=new_id(),  # every column of executions.COLUMNS
-            agent_name=agent.name,
-            status=ExecutionStatus.pending.value,
+        row = _row(
+            agent,
+            message,
+            model,
+            chat=chat,
             triggered_by=Trigger(triggered_by).value,
-            message=message,
-            model=model or agent.default_model,
             timeout_seconds=validate_timeout(timeout_seconds, agent),
             source=None if source is None else source[:MAX_SOURCE_CHARS],
             schedule_id=schedule_id,
             scheduled_for=scheduled_for,
             parent_execution_id=parent_execution_id,
-            resume_session_id=resume_session_id,
-            chat_session_id=None,
-            held_for=None,
             api_key_id=api_key_id,
-            created_at=now,
-            queued_at=now if agent.in_flight >= agent.max_parallel_tasks else None,
-            dispatched_at=now,
-            attempt=0,
         )
         # Far from the limit: no lock, so one agent's submissions run in parallel.
-        fast = agent.in_flight + LOCK_MARGIN < agent.max_parallel_tasks + agent.queue_limit
+        limit = agent.max_parallel_tasks + agent.queue_limit
+        fast = chat is None and agent.in_flight + LOCK_MARGIN < limit
         if fast:
             executions.insert(conn, row)
     if not fast:  # after giving that connection back: never hold two from the pool at once
-        _insert_exactly(services, agent, row)
+        _insert_exactly(services, agent, row, chat)
     execution = Execution(**row)
-    position, published = _enqueue_and_publish(services, execution, agent.max_parallel_tasks)
+    if execution.held_for is not None:  # the end of the turn before it releases it
+        return Submitted(execution, None, Publication.held)
+    position, published = dispatch.enqueue(
+        services, agent.name, execution.id, execution.created_at, agent.max_parallel_tasks
+    )
     return Submitted(execution, position, Publication.of(published))
-
-
-def _enqueue_and_publish(
-    services: Services, execution: Execution, max_parallel: int
-) -> tuple[int | None, bool | None]:
-    """Take the FIFO place; publish only if a slot is free now (a release publishes the rest).
-
-    Returns (queue position or None, published: True/False, or None when not needed yet).
-    """
-    agent, eid = execution.agent_name, execution.id
-    try:
-        position, fits = services.slots.enqueue(
-            agent, eid, submitted_us(execution.created_at), max_parallel
-        )
-    except Exception:  # Redis away: publish anyway; the worker's admission places it
-        log.warning("could not enqueue %s in Redis", eid, exc_info=True)
-        position, fits = 0, True
-    if not fits:
-        return position, None
-    published = dispatch.send(services, eid, agent)
-    if not published:
-        with contextlib.suppress(Exception):  # then the reaper's promotion sends it
-            services.slots.forget_notice(agent, eid)
-    return None, published

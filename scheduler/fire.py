@@ -15,11 +15,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from producer import submit_execution
 from scheduler.plan import Plan, overlap_decision, plan
+from shared import metrics
 from shared.errors import AlreadyFired, InvalidField, NotFound, QueueFull
 from shared.models import utcnow
 from shared.services import Services
@@ -109,6 +111,13 @@ def _claim(session: Session, plans: list[Plan], scheduler_id: str, fired: Fired)
             records.append(Record(p.due, *held) if held else Record(p.due, FireOutcome.claimed))
         per_plan.append((p, records))
     inserted = record(session, scheduler_id, [(p.schedule.id, r) for p, rs in per_plan for r in rs])
+    for p, records in per_plan:
+        for r in records:
+            if (
+                r.outcome is not FireOutcome.claimed
+                and (p.schedule.id, r.scheduled_for) in inserted
+            ):
+                metrics.FIRES.labels(r.outcome.value).inc()
     claims = []
     for p, records in per_plan:
         if not records:  # nothing was due: only the marker moved
@@ -138,6 +147,15 @@ def _claim(session: Session, plans: list[Plan], scheduler_id: str, fired: Fired)
                 last.reason,
             )
     return claims
+
+
+def _count_recorded(per_plan: list[tuple[Plan, list[Record]]], inserted: dict[Any, Any]) -> None:
+    """Count the due times this scheduler recorded as settled already (missed, skipped...)."""
+    for p, records in per_plan:
+        for r in records:
+            key = (p.schedule.id, r.scheduled_for)
+            if r.outcome is not FireOutcome.claimed and key in inserted:
+                metrics.FIRES.labels(r.outcome.value).inc()
 
 
 def release_waiting(services: Services, scheduler_id: str, limit: int = 100) -> int:
@@ -227,7 +245,11 @@ def settle(services: Services, settled: Sequence[Settled]) -> None:
             utcnow(),
         )
         finish(session, [(s.claim.fire_id, s.outcome, s.reason, s.execution_id) for s in settled])
+    now = utcnow()
     for s in settled:
+        metrics.FIRES.labels(s.outcome.value).inc()
+        if s.outcome is FireOutcome.submitted:
+            metrics.LAG.observe(max((now - s.claim.due).total_seconds(), 0.0))
         log.info(
             "schedule %s at %s %s: %s",
             s.claim.schedule_id,

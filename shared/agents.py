@@ -38,6 +38,7 @@ AGENT_FIELDS = (
     "env",
     "price",
     "description",
+    "mcp",
 )
 
 REQUIRED_FIELDS = (
@@ -47,6 +48,7 @@ REQUIRED_FIELDS = (
     "timeout_seconds",
     "queue_limit",
     "env",
+    "mcp",
 )
 
 
@@ -71,6 +73,7 @@ class AgentPatch(BaseModel):
     env: dict[str, str] | None = None
     price: Decimal | None = Field(None, ge=0, lt=MAX_PRICE, description="USD per paid task")
     description: str | None = Field(None, max_length=10_000)
+    mcp: bool | None = Field(None, description="give its runs agx as an MCP server")
 
     @field_validator("command")
     @classmethod
@@ -97,6 +100,7 @@ class AgentSpec(AgentPatch):
     timeout_seconds: int = Field(DEFAULT_TIMEOUT_SECONDS, ge=1, le=7 * 24 * 3600)  # type: ignore[assignment]
     queue_limit: int = Field(DEFAULT_QUEUE_LIMIT, ge=0, le=1_000_000)  # type: ignore[assignment]
     env: dict[str, str] = Field(default_factory=dict)  # type: ignore[assignment]
+    mcp: bool = False  # type: ignore[assignment]
 
 
 def agent_values(spec: AgentPatch) -> dict[str, Any]:

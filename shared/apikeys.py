@@ -3,6 +3,11 @@
 A browser signs in with a key and gets a session: a random token of its own (kept as a
 SHA-256 hash, like keys) that acts with its key's current role and scope until it is
 signed out, expires or its key is deleted.
+
+Every agent run gets an execution token (`AGX_EXECUTION_TOKEN`): random, kept as a SHA-256
+hash on its execution row, valid only while that attempt runs. It acts with the submitting
+key's current role and scope; a run no key submitted (a schedule's, a paid one) gets a
+token scoped to its own agent only.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import re
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +24,8 @@ if TYPE_CHECKING:
     from shared.models import ApiKey
 
 KEY_PREFIX = "agx_"
+#: Execution tokens look different from keys, so a presented token is looked up once.
+EXECUTION_TOKEN_PREFIX = "agxe_"
 #: Key names appear in every execution a key submits (`source`): short and plain.
 KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 KEY_NAME_RULE = "use 1-64 letters, digits, '.', '_', '@' or '-'"
@@ -36,6 +44,8 @@ class Principal:
     role: str
     agents: tuple[str, ...] = ()
     key_id: str | None = None  #: the stored key's id (executions record who submitted them)
+    #: set when an execution token authenticated the call: the running execution calling
+    execution_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -50,6 +60,11 @@ class Principal:
     def may_see(self, agent: str) -> bool:
         """True when this caller may see or use the agent."""
         return self.is_admin or agent in self.agents
+
+
+def new_execution_token() -> str:
+    """A fresh random execution token (its hash goes on the row, the token to the agent)."""
+    return EXECUTION_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def csrf_token(session_token: str) -> str:

@@ -7,6 +7,7 @@ from dramatiq.middleware import TimeLimit, default_middleware
 
 #: The one actor that runs executions; producers address it by name only.
 ACTOR_NAME = "run_execution"
+REDIS_NAMESPACE = "agx-dramatiq"  #: the Redis broker's key prefix
 
 
 def make_broker(url: str) -> dramatiq.Broker:
@@ -20,7 +21,7 @@ def make_broker(url: str) -> dramatiq.Broker:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from dramatiq.brokers.redis import RedisBroker
 
-        return RedisBroker(url=url, namespace="agx-dramatiq", middleware=middleware)
+        return RedisBroker(url=url, namespace=REDIS_NAMESPACE, middleware=middleware)
     raise ValueError(f"AGX_BROKER_URL must be amqp:// or redis://, got {url.split('://')[0]}://")
 
 
@@ -48,3 +49,27 @@ def publish(
 ) -> None:
     """Publish an execution id; raises when the broker did not confirm it."""
     broker.enqueue(execution_message(queue, execution_id, agent))
+
+
+def queue_depth(url: str, queue: str) -> tuple[int, int | None]:
+    """Messages ready in the execution queue and its consumers (None: the Redis broker has no
+    notion of consumers; count live workers instead). Raises when the broker is away."""
+    if url.startswith(("amqp://", "amqps://")):
+        import pika
+
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+        try:
+            declared = conn.channel().queue_declare(queue=queue, passive=True)
+            return declared.method.message_count, declared.method.consumer_count
+        except pika.exceptions.ChannelClosedByBroker:  # never declared: no worker ever ran
+            return 0, 0
+        finally:
+            if conn.is_open:
+                conn.close()
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.llen(f"{REDIS_NAMESPACE}:{queue}")), None  # type: ignore[arg-type]
+    finally:
+        client.close()

@@ -57,3 +57,14 @@ def events_stream(execution_id: str) -> str:
 def control_channel() -> str:
     """Pub/sub channel for cancel requests to workers."""
     return f"{PREFIX}:control"
+
+
+def process(kind: str, ident: str) -> str:
+    """HASH describing one live agx process (worker pool process, scheduler, reaper); it
+    expires unless the process renews it (shared/fleet.py)."""
+    return f"{PREFIX}:proc:{kind}:{ident}"
+
+
+def processes(kind: str) -> str:
+    """SCAN pattern matching every live process of a kind."""
+    return f"{PREFIX}:proc:{kind}:*"

@@ -133,6 +133,11 @@ class Execution(Base):
             "created_at",
             postgresql_where=text("chat_session_id IS NOT NULL"),
         ),
+        Index(
+            "ix_executions_claude_session",
+            "claude_session_id",
+            postgresql_where=text("claude_session_id IS NOT NULL"),
+        ),
         Index("ix_executions_held_for", "held_for", postgresql_where=text("held_for IS NOT NULL")),
     )
 
@@ -216,14 +221,22 @@ class Schedule(Base):
 
 
 class Payment(Base):
-    """An x402 payment; its id is the idempotency key."""
+    """An x402 payment: one per signed authorization (payer, nonce), which is its idempotency
+    key; verified before its run, settled only when the run completed, else voided."""
 
     __tablename__ = "payments"
     __table_args__ = (
         CheckConstraint("status IN ('verified','settled','voided')", name="payment_status_valid"),
+        UniqueConstraint("payer", "nonce", name="one_payment_per_authorization"),
+        # The reaper's look-up of payments still to settle or void (migration 0007).
+        Index(
+            "ix_payments_unsettled",
+            "next_settle_at",
+            postgresql_where=text("status = 'verified'"),
+        ),
     )
 
-    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    id: Mapped[str] = mapped_column(String(200), primary_key=True, default=new_id)
     execution_id: Mapped[str | None] = mapped_column(String(32), index=True)
     payer: Mapped[str | None] = mapped_column(String(200))
     amount: Mapped[Decimal] = mapped_column(Numeric(38, 0))
@@ -233,6 +246,22 @@ class Payment(Base):
     settled_at: Mapped[datetime | None] = mapped_column()
     tx: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    agent_name: Mapped[str | None] = mapped_column(String(64))
+    #: the authorization's nonce (lower-case): with the payer, unique
+    nonce: Mapped[str | None] = mapped_column(String(80))
+    #: SHA-256 of the message paid for: the same payment with another message is a conflict
+    message_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: SHA-256 of the signed authorization and signature, so a repeat must be the same one
+    authorization_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: the x402 payment payload and the requirements it was verified against (to settle later)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    requirements: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    settle_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: a settlement the facilitator did not answer is tried again from then on (backoff)
+    next_settle_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    #: SHA-256 of the read token that opens this payment's execution result, and nothing else
+    read_token_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class ApiKey(Base):

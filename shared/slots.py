@@ -27,6 +27,14 @@ def _source(name: str) -> str:
     return (_LUA / "prelude.lua").read_text() + "\n" + (_LUA / f"{name}.lua").read_text()
 
 
+class Usage(NamedTuple):
+    """An agent's slots as Redis holds them now."""
+
+    in_use: int  #: leases not lapsed
+    waiting: int  #: executions in the FIFO
+    oldest_waiting_us: int | None  #: submission time of the FIFO's head (us since the epoch)
+
+
 def submitted_us(created_at: datetime) -> int:
     """An execution's FIFO score: its submission time in microseconds since the epoch."""
     return int(created_at.timestamp() * 1_000_000)
@@ -160,6 +168,17 @@ class Slots:
     def heads(self, agent: str, max_parallel: int) -> list[str]:
         """Purge lapsed leases and return the waiters that fit in the free slots."""
         return self.release(agent, "", max_parallel)
+
+    def usage(self, agent: str) -> Usage:
+        """Leases not yet lapsed, and waiters with the oldest's submission time (a read only:
+        nothing is purged)."""
+        now_ms = datetime.now(UTC).timestamp() * 1000
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcount(keys.slots(agent), f"({now_ms}", "+inf")
+        pipe.zcard(keys.waiting(agent))
+        pipe.zrange(keys.waiting(agent), 0, 0, withscores=True)
+        in_use, waiting, oldest = pipe.execute()
+        return Usage(int(in_use), int(waiting), int(oldest[0][1]) if oldest else None)
 
     def position(self, agent: str, execution_id: str) -> int | None:
         """1-based place in the agent's waiting list, or None when not waiting."""

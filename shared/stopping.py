@@ -28,6 +28,8 @@ def request_stop(services: Services, execution_id: str, agent_name: str | None =
         max_parallel = agents.max_parallel(session, row.agent_name)
     if status is ExecutionStatus.pending:
         _forget_waiter(services, row, max_parallel)
+        if row.chat_session_id:  # the conversation's next turn may go now
+            dispatch.release_held(services, row.id)
     else:
         _tell_worker(services, execution_id)
     return row

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import psycopg
 import redis
 
-from shared import dispatch
+from shared import dispatch, logs, metrics
+from shared.apikeys import hash_key, new_execution_token
 from shared.db import driver_connection
 from shared.events import EventWriter
 from shared.models import id_time_us
@@ -27,6 +31,7 @@ from shared.states import STOPPED_ERROR, AgentOutput, ExecutionStatus
 from shared.store import agents, executions
 from shared.store.executions import Claimed, Written
 from workers.control import StopListener
+from workers.drain import DRAIN_ERROR
 from workers.groups import GroupRegistry
 from workers.heartbeat import Heartbeats, Watch
 from workers.runner import RunOutcome, run_agent
@@ -54,6 +59,7 @@ class AgentConfig:
     env: dict[str, str]
     max_parallel: int
     timeout_seconds: int
+    mcp: bool = False  #: give its runs agx as an MCP server (Claude-shaped: --mcp-config)
 
     @classmethod
     def from_row(cls, row: Any) -> AgentConfig:
@@ -66,6 +72,7 @@ class AgentConfig:
             env={str(k): str(v) for k, v in (row.env or {}).items()},
             max_parallel=row.max_parallel_tasks,
             timeout_seconds=row.timeout_seconds,
+            mcp=bool(row.mcp),
         )
 
 
@@ -81,9 +88,11 @@ class Job:
     resume_session_id: str | None
     chat_session_id: str | None
     timeout_seconds: int
+    triggered_by: str
+    token: str = ""  #: this attempt's execution token (AGX_EXECUTION_TOKEN)
 
     @classmethod
-    def of(cls, execution_id: str, agent: AgentConfig, claimed: Claimed) -> Job:
+    def of(cls, execution_id: str, agent: AgentConfig, claimed: Claimed, token: str = "") -> Job:
         """The run of a won claim."""
         return cls(
             execution_id=execution_id,
@@ -94,6 +103,8 @@ class Job:
             resume_session_id=claimed.resume_session_id,
             chat_session_id=claimed.chat_session_id,
             timeout_seconds=claimed.timeout_seconds or agent.timeout_seconds,
+            triggered_by=claimed.triggered_by,
+            token=token,
         )
 
 
@@ -191,25 +202,32 @@ class Executor:
         if not admission.admitted:
             self._one_statement(lambda conn: executions.mark_queued(conn, execution_id))
             return None
+        token = new_execution_token()  # a new one per attempt: valid while this attempt runs
         try:
-            claimed = self._claim(execution_id, config)
+            claimed = self._claim(execution_id, config, token)
         except BaseException:
             self._release(config.name, execution_id, config.max_parallel)
             raise
         if claimed is None:  # not pending (cancelled, finished, a duplicate message) or no row
             self._release_unless_waiting(execution_id, config)
             return None
-        job = Job.of(execution_id, config, claimed)
+        job = Job.of(execution_id, config, claimed, token)
+        metrics.DISPATCH.labels(config.name).observe(
+            max(time.time() - claimed.created_at.timestamp(), 0.0)
+        )
         try:
             return self._run(job, leased_at)  # it releases the slot right after its terminal write
         except BaseException:
             self._release(config.name, execution_id, config.max_parallel)
             raise
 
-    def _claim(self, execution_id: str, config: AgentConfig) -> Claimed | None:
-        """CAS pending -> running; None when the row was not ours to claim."""
+    def _claim(self, execution_id: str, config: AgentConfig, token: str) -> Claimed | None:
+        """CAS pending -> running with the execution token's hash; None when the row was not
+        ours to claim."""
         return self._one_statement(
-            lambda conn: executions.claim_returning(conn, execution_id, config.name, self.worker_id)
+            lambda conn: executions.claim_returning(
+                conn, execution_id, config.name, self.worker_id, hash_key(token)
+            )
         )
 
     def _release_unless_waiting(self, execution_id: str, config: AgentConfig) -> None:
@@ -291,7 +309,8 @@ class Executor:
         """Run the agent, store the outcome while the lease is held, then release."""
         events = EventWriter(self.services.redis, job.execution_id)
         events.status(ExecutionStatus.running.value, attempt=job.attempt)
-        capture = Capture(parser_for(job.agent.output), events, Redactor(job.agent.env.values()))
+        secrets = [*job.agent.env.values(), job.token]  # the token never reaches the transcript
+        capture = Capture(parser_for(job.agent.output), events, Redactor(secrets))
         watch = Watch(
             self.services,
             job.agent.name,
@@ -312,7 +331,10 @@ class Executor:
                 job.execution_id,
                 job.attempt,
             )
-        return self._release_after_run(job, events, final)
+        promoted = self._release_after_run(job, events, final)
+        if final is not None and job.chat_session_id:  # the next turn may go now
+            dispatch.release_held(self.services, job.execution_id)
+        return promoted
 
     def _execute(self, job: Job, watch: Watch, capture: Capture) -> RunOutcome | str:
         """Start the agent and wait for it, watched (lease, stop, fence, guardian)."""
@@ -324,18 +346,20 @@ class Executor:
         self.stops.register(job.execution_id, lambda: watch.kill("cancel"))
         self.heartbeats.add(watch)
         try:
-            return unstartable(job) or run_agent(
-                _argv(job),
-                stdin_text=job.message,
-                on_line=capture.line,
-                timeout_seconds=job.timeout_seconds,
-                stop=watch.stop,
-                workdir=job.agent.workdir,
-                env=job.agent.env,
-                max_total_bytes=MAX_STORED_BYTES,
-                on_flush=capture.events.tick,
-                on_start=on_start,
-            )
+            api_url = self.services.settings.api_url
+            with mcp_config_file(job, api_url) as mcp_config:
+                return unstartable(job) or run_agent(
+                    _argv(job, mcp_config),
+                    stdin_text=job.message,
+                    on_line=capture.line,
+                    timeout_seconds=job.timeout_seconds,
+                    stop=watch.stop,
+                    workdir=job.agent.workdir,
+                    env=_agx_env(job, api_url),
+                    max_total_bytes=MAX_STORED_BYTES,
+                    on_flush=capture.events.tick,
+                    on_start=on_start,
+                )
         except OSError as exc:
             return _start_error(exc, job)
         finally:
@@ -360,7 +384,12 @@ class Executor:
         def write(conn: psycopg.Connection[Any]) -> Written | None:
             return executions.finish(conn, job.execution_id, job.attempt, status, fields, stored)
 
-        return self._write_terminal(job, write, watch, capture.events)
+        final = self._write_terminal(job, write, watch, capture.events)
+        if final is not None:
+            metrics.record_run(job.agent.name, job.triggered_by, final.status, fields)
+            extra = logs.fields(job.execution_id, job.agent.name, status=final.status)
+            log.info("execution ended (attempt %s)", job.attempt, extra=extra)
+        return final
 
     def _write_terminal(
         self,
@@ -407,7 +436,7 @@ def _start_error(exc: OSError, job: Job) -> str:
     return f"could not start agent: {what}: {exc.strerror or type(exc).__name__}"
 
 
-def _argv(job: Job) -> list[str]:
+def _argv(job: Job, mcp_config: str | None = None) -> list[str]:
     argv = list(job.agent.command)
     if job.agent.output == AgentOutput.claude_stream_json.value:
         if job.model:
@@ -416,7 +445,44 @@ def _argv(job: Job) -> list[str]:
             argv += ["--resume", job.resume_session_id]
         elif job.chat_session_id:  # the first turn of a chat: its session id is chosen for it
             argv += ["--session-id", job.chat_session_id]
+        if mcp_config is not None:
+            argv += ["--mcp-config", mcp_config]
     return argv
+
+
+@contextlib.contextmanager
+def mcp_config_file(job: Job, api_url: str) -> Iterator[str | None]:
+    """For a Claude-shaped agent with `mcp: true`: the path of its --mcp-config naming agx's
+    /mcp with the execution token, in a file only this user can read, removed after the run
+    (a file, not an argument: a process's arguments are visible to every user of the host;
+    and Claude does not reliably expand ${VAR} in headers). None for other agents."""
+    if not job.agent.mcp or job.agent.output != AgentOutput.claude_stream_json.value:
+        yield None
+        return
+    server = {
+        "type": "http",
+        "url": f"{api_url}/mcp",
+        "headers": {"Authorization": f"Bearer {job.token}"},
+    }
+    fd, path = tempfile.mkstemp(prefix="agx-mcp-", suffix=".json")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as config:
+            json.dump({"mcpServers": {"agx": server}}, config)
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _agx_env(job: Job, api_url: str) -> dict[str, str]:
+    """The agent's env plus how to call agx back: AGX_API_URL (the agent's own env may set
+    another, e.g. from inside a container), AGX_EXECUTION_ID and AGX_EXECUTION_TOKEN."""
+    return {
+        "AGX_API_URL": api_url,
+        **job.agent.env,
+        "AGX_EXECUTION_ID": job.execution_id,
+        "AGX_EXECUTION_TOKEN": job.token,
+    }
 
 
 def judge(
@@ -436,8 +502,10 @@ def judge(
 
 
 def _error(job: Job, outcome: RunOutcome, parsed: Any, reason: str | None) -> str | None:
-    if reason in ("lease", "unrenewed") and parsed.has_result and not parsed.is_error:
+    if reason in ("lease", "unrenewed", "drain") and parsed.has_result and not parsed.is_error:
         return None  # the agent's work was done (its result is in) before the kill
+    if reason == "drain":
+        return DRAIN_ERROR
     if reason == "lease":
         return "slot lease lost (worker paused or Redis reset); agent killed"
     if reason == "unrenewed" and outcome.exit_code != 0:  # killed by the fence, not done

@@ -132,7 +132,8 @@ class Watch:
             self.kill("cancel")
 
     def kill(self, reason: str) -> None:
-        """Stop the agent for `reason` ('cancel', 'lease' or 'unrenewed'); the first sticks."""
+        """Stop the agent for `reason` ('cancel', 'lease', 'unrenewed' or 'drain'); the first
+        sticks."""
         if self.reason is None:
             self.reason = reason
         self.stop.set()
@@ -177,12 +178,13 @@ class Heartbeats:
             self._watches.pop(id(watch), None)
         watch.close()
 
-    def _current(self) -> list[Watch]:
+    def current(self) -> list[Watch]:
+        """The executions being watched now."""
         with self._lock:
             return list(self._watches.values())
 
     def _renew_all(self) -> None:
-        for watch in self._current():
+        for watch in self.current():
             try:
                 watch.renew(self._slots)
             except redis.RedisError:  # out of reach: the rest would wait as long; fence decides
@@ -190,11 +192,11 @@ class Heartbeats:
                 return
 
     def _fence_all(self) -> None:
-        for watch in self._current():
+        for watch in self.current():
             watch.fence(self.fence_after)
 
     def _record_all(self) -> None:
-        for watch in self._current():
+        for watch in self.current():
             watch.beat_row()
 
 

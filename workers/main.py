@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import dramatiq
 
 from shared.broker import ACTOR_NAME, setup_broker
+from shared.fleet import Presence
+from shared.logs import reformat
 from shared.services import Services
 from shared.settings import Settings
+from workers.drain import Drain
 from workers.executor import Executor
 
 settings = Settings.from_env().require()
@@ -17,18 +21,32 @@ broker = setup_broker(settings.effective_broker_url)
 services = Services(settings, pool_size=16, pre_ping=False, autocommit=True)
 services.broker = broker  # publish promotions on the worker's own connection
 executor = Executor(services)
+drain = Drain(executor.heartbeats, settings.drain_seconds)
+drain.install()  # SIGTERM: stop taking messages; a second one shortens the grace
+Presence(
+    services.redis,
+    "worker",
+    lambda: {
+        "threads": os.environ.get("AGX_WORKER_THREADS", "?"),
+        "busy": len(executor.heartbeats.current()),
+    },
+).start()
 
 
-class _StopRunningWaiters(dramatiq.Middleware):
-    """On shutdown, promoted waiters are published for other workers, not run here."""
+class _Drain(dramatiq.Middleware):
+    """On shutdown, promoted waiters are published for other workers, not run here, and
+    running agents have the drain's grace to finish (workers/drain.py)."""
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         executor.stopping.set()
+        drain.start()
 
 
-broker.add_middleware(_StopRunningWaiters())
+broker.add_middleware(_Drain())
 
 logging.getLogger("pika").setLevel(logging.WARNING)
+# Dramatiq set this process's logging up: keep its pid/thread prefix for text, or go JSON.
+reformat("[PID %(process)d] [%(threadName)s] %(levelname)s %(name)s: %(message)s")
 
 
 @dramatiq.actor(actor_name=ACTOR_NAME, queue_name=settings.queue, max_retries=0)

@@ -12,11 +12,10 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
-from shared import dispatch, events
+from shared import dispatch, events, logs, metrics
 from shared.models import utcnow
 from shared.rebuild import ensure_epoch
 from shared.services import Services
-from shared.slots import submitted_us
 from shared.states import AgentOutput, ExecutionStatus
 from shared.store import agents, executions
 from workers.stream_json import outcome_fields, parser_for
@@ -28,7 +27,8 @@ BATCH = 500  #: rows looked at per sweep step
 
 
 def redispatch(services: Services) -> list[str]:
-    """Re-send pending rows nobody holds or waits for (lost publish, Redis wiped).
+    """Re-send pending rows nobody holds or waits for (lost publish, Redis wiped, a chat turn
+    held for one that has ended but was not released).
 
     Each goes back into its agent's waiting list at its submission time, so FIFO holds.
     """
@@ -38,15 +38,7 @@ def redispatch(services: Services) -> list[str]:
         lost = [r for r in rows if not services.slots.knows(r.agent_name, r.id)]
         executions.mark_dispatched(session, [r.id for r in lost])
     for row in lost:
-        try:
-            _, fits = services.slots.enqueue(
-                row.agent_name, row.id, submitted_us(row.created_at), row.max_parallel_tasks
-            )
-        except Exception:
-            log.warning("re-dispatch of %s failed; next sweep retries", row.id, exc_info=True)
-            continue
-        if fits:  # the others are published by the release that makes room for them
-            dispatch.send(services, row.id, row.agent_name)
+        dispatch.enqueue(services, row.agent_name, row.id, row.created_at, row.max_parallel_tasks)
     return [r.id for r in lost]
 
 
@@ -67,10 +59,13 @@ def fail_lost(services: Services) -> list[str]:
                 final = _settle(services, session, eid, attempt, output)
                 if final is not None:
                     settled.append(final)
+                    extra = logs.fields(eid, agent, status=final.status)
+                    log.warning("execution settled by the reaper: its lease lapsed", extra=extra)
     for final in settled:
         events.emit_terminal(
             services.redis, final.id, final.status, error=final.error, response=final.response
         )
+        dispatch.release_held(services, final.id)  # a chat turn's next one may go now
     return [final.id for final in settled]
 
 
@@ -120,6 +115,8 @@ def run_forever(
     while not stop.is_set():
         try:
             result = sweep(services)
+            for kind, ids in result.items():
+                metrics.RECOVERIES.labels(kind).inc(len(ids))
             if any(result.values()):
                 log.info("reaper: %s", {k: len(v) for k, v in result.items()})
         except Exception:

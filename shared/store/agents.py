@@ -3,9 +3,10 @@ agent's lock and in-flight count, and the limits the reaper and stop read (SQLAl
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from shared.db import one
@@ -22,8 +23,27 @@ _FOR_SUBMIT = (
 _LOCK_KEY = "SELECT 1 FROM agents WHERE name = %(name)s FOR NO KEY UPDATE"
 _IN_FLIGHT = f"SELECT count(*) AS n FROM executions WHERE agent_name = %(name)s AND {IN_FLIGHT_SQL}"
 _RUN_CONFIG = (
-    "SELECT name, command, output, workdir, env, max_parallel_tasks, timeout_seconds"
+    "SELECT name, command, output, workdir, env, max_parallel_tasks, timeout_seconds, mcp"
     " FROM agents WHERE name = %(name)s"
+)
+
+# One row per agent: its in-flight counts (read from the partial in-flight index), runs
+# silent past `stuck` (the reaper should have settled them), and its latest failure.
+_OVERVIEW = text(
+    "SELECT a.name, a.max_parallel_tasks, f.pending, f.running, f.oldest_pending, f.stuck,"
+    " last.failed_at, last.error AS failure"
+    " FROM agents a"
+    " CROSS JOIN LATERAL (SELECT"
+    "   count(*) FILTER (WHERE e.status = 'pending') AS pending,"
+    "   count(*) FILTER (WHERE e.status = 'running') AS running,"
+    "   min(e.created_at) FILTER (WHERE e.status = 'pending') AS oldest_pending,"
+    "   count(*) FILTER (WHERE e.status = 'running'"
+    "     AND coalesce(e.heartbeat_at, e.started_at) < :stuck) AS stuck"
+    f"   FROM executions e WHERE e.agent_name = a.name AND e.{IN_FLIGHT_SQL}) f"
+    " LEFT JOIN LATERAL (SELECT coalesce(completed_at, created_at) AS failed_at, error"
+    "   FROM executions x WHERE x.agent_name = a.name AND x.status = 'failed'"
+    "   ORDER BY x.created_at DESC LIMIT 1) last ON true"
+    " ORDER BY a.name"
 )
 
 #: How `get` locks the row: for update (re-read under the lock), or for key share.
@@ -49,7 +69,7 @@ def in_flight(conn: Conn, name: str) -> int:
 
 def run_config(conn: Conn, name: str) -> Any:
     """What a worker needs to run the agent's executions, or None when there is no such agent:
-    (name, command, output, workdir, env, max_parallel_tasks, timeout_seconds)."""
+    (name, command, output, workdir, env, max_parallel_tasks, timeout_seconds, mcp)."""
     return one(conn, _RUN_CONFIG, {"name": name})
 
 
@@ -77,3 +97,9 @@ def max_parallel(session: Session, name: str) -> int:
     agent = session.get(Agent, name)
     assert agent is not None
     return agent.max_parallel_tasks
+
+
+def overview(session: Session, stuck_before: datetime) -> list[Any]:
+    """Every agent: (name, max_parallel_tasks, pending, running, oldest_pending, stuck,
+    failed_at, failure), `stuck` counting running rows not heard of since `stuck_before`."""
+    return list(session.execute(_OVERVIEW, {"stuck": stuck_before}).all())

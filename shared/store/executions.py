@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import psycopg
-from sqlalchemy import ColumnElement, Connection, and_, or_, select, tuple_, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, and_, literal, or_, select, tuple_, update
+from sqlalchemy.orm import Session, aliased
 
 from shared.db import one
 from shared.errors import AlreadyFired, NotFound
 from shared.models import Agent, Execution, Transcript, utcnow
-from shared.states import IN_FLIGHT, STOPPED_ERROR, ExecutionStatus
+from shared.states import IN_FLIGHT, STOPPED_ERROR, ExecutionStatus, Trigger
 
 Conn = psycopg.Connection[Any] | Session | Connection
 
@@ -69,6 +69,8 @@ class Claimed(NamedTuple):
     resume_session_id: str | None
     chat_session_id: str | None
     timeout_seconds: int | None  #: None: the agent's own
+    triggered_by: str
+    created_at: datetime
 
 
 class Written(NamedTuple):
@@ -86,9 +88,10 @@ _INSERT = (
 )
 _CLAIM_RETURNING = (
     "UPDATE executions SET status = 'running', attempt = attempt + 1, started_at = %(now)s,"
-    " heartbeat_at = %(now)s, worker_id = %(worker)s"
+    " heartbeat_at = %(now)s, worker_id = %(worker)s, token_hash = %(token_hash)s"
     " WHERE id = %(id)s AND agent_name = %(agent)s AND status = 'pending'"
-    " RETURNING attempt, message, model, resume_session_id, chat_session_id, timeout_seconds"
+    " RETURNING attempt, message, model, resume_session_id, chat_session_id, timeout_seconds,"
+    " triggered_by, created_at"
 )
 # A stop accepted before this write wins over whatever the run produced (invariant 2,
 # docs/architecture.md).
@@ -122,6 +125,20 @@ _STATE = (
     "SELECT e.status, e.agent_name, a.max_parallel_tasks"
     " FROM executions e JOIN agents a ON a.name = e.agent_name WHERE e.id = %(id)s"
 )
+# One transaction-scoped lock per conversation: its turns are submitted one at a time.
+_LOCK_CONVERSATION = "SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 7))"
+# The conversation's latest execution (a chat turn, or the run it was continued from),
+# share-locked: its terminal write waits until the turn held for it is committed.
+_LAST_TURN = (
+    "SELECT id, status FROM executions WHERE agent_name = %(agent)s"
+    " AND (chat_session_id = %(session)s OR claude_session_id = %(session)s)"
+    " ORDER BY created_at DESC, id DESC LIMIT 1 FOR SHARE"
+)
+_RELEASE_HELD = (
+    "UPDATE executions e SET held_for = NULL, dispatched_at = %(now)s FROM agents a"
+    " WHERE e.held_for = %(id)s AND e.status = 'pending' AND a.name = e.agent_name"
+    " RETURNING e.id, e.agent_name, e.created_at, a.max_parallel_tasks"
+)
 
 
 # -- hot paths: psycopg SQL ------------------------------------------------------------------
@@ -143,10 +160,18 @@ def insert(conn: Conn, row: dict[str, Any]) -> None:
         raise NotFound(f"agent '{row['agent_name']}' does not exist") from exc
 
 
-def claim_returning(conn: Conn, execution_id: str, agent: str, worker_id: str) -> Claimed | None:
-    """CAS pending -> running, bumping the fencing token (attempt); returns what the run needs,
-    or None when another claim won."""
-    params = {"id": execution_id, "agent": agent, "now": utcnow(), "worker": worker_id}
+def claim_returning(
+    conn: Conn, execution_id: str, agent: str, worker_id: str, token_hash: str | None = None
+) -> Claimed | None:
+    """CAS pending -> running, bumping the fencing token (attempt) and storing the hash of this
+    attempt's execution token; returns what the run needs, or None when another claim won."""
+    params = {
+        "id": execution_id,
+        "agent": agent,
+        "now": utcnow(),
+        "worker": worker_id,
+        "token_hash": token_hash,
+    }
     row = one(conn, _CLAIM_RETURNING, params)
     return None if row is None else Claimed(*row)
 
@@ -196,7 +221,47 @@ def state(conn: Conn, execution_id: str) -> Any:
     return one(conn, _STATE, {"id": execution_id})
 
 
+class Turn(NamedTuple):
+    """A conversation's latest execution, as a new turn finds it."""
+
+    id: str
+    status: str
+
+
+class Released(NamedTuple):
+    """A held chat turn let go by the end of the turn before it."""
+
+    id: str
+    agent_name: str
+    created_at: datetime
+    max_parallel_tasks: int
+
+
+def lock_conversation(conn: Conn, agent: str, session_id: str) -> None:
+    """Serialise the submissions of one conversation until the transaction ends."""
+    one(conn, _LOCK_CONVERSATION, {"key": f"{agent}/{session_id}"})
+
+
+def last_turn(conn: Conn, agent: str, session_id: str) -> Turn | None:
+    """The conversation's latest execution, share-locked for the transaction; None if none."""
+    row = one(conn, _LAST_TURN, {"agent": agent, "session": session_id})
+    return None if row is None else Turn(*row)
+
+
+def release_held(conn: psycopg.Connection[Any], execution_id: str) -> list[Released]:
+    """Let go the turns held for `execution_id` (it has ended): each exactly once."""
+    rows = conn.execute(_RELEASE_HELD, {"id": execution_id, "now": utcnow()}).fetchall()
+    return [Released(*row) for row in rows]
+
+
 # -- the reaper and rebuild: SQLAlchemy on the caller's Session -------------------------------
+
+
+def _not_held() -> ColumnElement[bool]:
+    """A pending row that waits for no live execution (a held chat turn is in no queue)."""
+    before = aliased(Execution)
+    live = select(before.id).where(before.id == Execution.held_for, before.status.in_(IN_FLIGHT))
+    return or_(Execution.held_for.is_(None), ~live.exists())
 
 
 def lock_unsent_pending(session: Session, sent_before: datetime, limit: int) -> list[Any]:
@@ -208,6 +273,7 @@ def lock_unsent_pending(session: Session, sent_before: datetime, limit: int) -> 
         .where(
             Execution.status == ExecutionStatus.pending.value,
             Execution.dispatched_at <= sent_before,
+            _not_held(),
         )
         .order_by(Execution.created_at)
         .limit(limit)
@@ -217,10 +283,12 @@ def lock_unsent_pending(session: Session, sent_before: datetime, limit: int) -> 
 
 
 def mark_dispatched(session: Session, ids: Collection[str]) -> None:
-    """Stamp dispatched_at of these rows: they were sent (again) now."""
+    """Stamp dispatched_at of these rows: they were sent (again) now, and hold for nothing."""
     if ids:
         session.execute(
-            update(Execution).where(Execution.id.in_(ids)).values(dispatched_at=utcnow())
+            update(Execution)
+            .where(Execution.id.in_(ids))
+            .values(dispatched_at=utcnow(), held_for=None)
         )
 
 
@@ -255,9 +323,9 @@ def running_with_timeouts(session: Session) -> list[Any]:
 
 
 def pending_by_agent(session: Session) -> list[Any]:
-    """Every pending row: (id, agent_name, created_at)."""
+    """Every pending row that waits for a slot, not for a turn: (id, agent_name, created_at)."""
     query = select(Execution.id, Execution.agent_name, Execution.created_at).where(
-        Execution.status == ExecutionStatus.pending.value
+        Execution.status == ExecutionStatus.pending.value, _not_held()
     )
     return list(session.execute(query).all())
 
@@ -294,6 +362,48 @@ def get(session: Session, execution_id: str) -> Execution | None:
 def transcript(session: Session, execution_id: str) -> Transcript | None:
     """The stored transcript (None while the run has none)."""
     return session.get(Transcript, execution_id)
+
+
+def conversation(session: Session, agent: str, session_id: str) -> list[Execution]:
+    """A conversation's executions, oldest first (the run it was continued from included)."""
+    query = (
+        select(Execution)
+        .where(
+            Execution.agent_name == agent,
+            or_(Execution.chat_session_id == session_id, Execution.claude_session_id == session_id),
+        )
+        .order_by(Execution.created_at, Execution.id)
+    )
+    return list(session.scalars(query))
+
+
+def call_chain(session: Session, execution_id: str, limit: int) -> list[tuple[str, str]]:
+    """The execution and the runs whose MCP calls led to it, innermost first, as (id,
+    agent_name): parents are followed while a row was triggered by `mcp` (the first run of
+    the chain is the last), for at most `limit` steps up (one recursive CTE)."""
+    parent = aliased(Execution)
+    start = select(
+        Execution.id,
+        Execution.agent_name,
+        Execution.triggered_by,
+        Execution.parent_execution_id,
+        literal(0).label("depth"),
+    ).where(Execution.id == execution_id)
+    chain = start.cte("chain", recursive=True)
+    step = (
+        select(
+            parent.id,
+            parent.agent_name,
+            parent.triggered_by,
+            parent.parent_execution_id,
+            chain.c.depth + 1,
+        )
+        .join_from(chain, parent, parent.id == chain.c.parent_execution_id)
+        .where(chain.c.triggered_by == Trigger.mcp.value, chain.c.depth < limit)
+    )
+    chain = chain.union_all(step)
+    rows = session.execute(select(chain.c.id, chain.c.agent_name).order_by(chain.c.depth))
+    return [(row.id, row.agent_name) for row in rows]
 
 
 @dataclass(frozen=True)

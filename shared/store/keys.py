@@ -1,15 +1,18 @@
-"""The keys store: API keys and browser sessions (see `shared.apikeys` for what they mean)."""
+"""The keys store: API keys, browser sessions and execution tokens (see `shared.apikeys` for
+what they mean)."""
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from datetime import timedelta
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.apikeys import KEY_NAME, KEY_NAME_RULE, KEY_PREFIX, Principal, hash_key
-from shared.models import ApiKey, BrowserSession, utcnow
+from shared.models import ApiKey, BrowserSession, Execution, utcnow
+from shared.states import ExecutionStatus
 
 
 def create_key(
@@ -88,3 +91,25 @@ def end_session(session: Session, token: str) -> None:
         .where(BrowserSession.token_hash == hash_key(token), BrowserSession.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
+
+
+def authenticate_execution(session: Session, token: str) -> Principal | None:
+    """The principal of a running execution's token, or None (not running, another attempt's
+    token, or its submitting key deleted). It acts with that key's current role and scope; a
+    run no key submitted gets its own agent only (it may read its history, call nothing)."""
+    row = session.execute(
+        select(Execution.id, Execution.agent_name, Execution.api_key_id, ApiKey)
+        .outerjoin(ApiKey, ApiKey.id == Execution.api_key_id)
+        .where(
+            Execution.token_hash == hash_key(token),
+            Execution.status == ExecutionStatus.running.value,
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    execution_id, agent, key_id, key = row
+    if key_id is None:
+        return Principal(f"execution:{execution_id}", "agent", (agent,), None, execution_id)
+    if key is None:
+        return None
+    return replace(Principal.of(key), execution_id=execution_id)

@@ -38,6 +38,12 @@ def upgrade() -> None:
         postgresql_where=sa.text("chat_session_id IS NOT NULL"),
     )
     op.create_index(
+        "ix_executions_claude_session",
+        "executions",
+        ["claude_session_id"],
+        postgresql_where=sa.text("claude_session_id IS NOT NULL"),
+    )
+    op.create_index(
         "ix_executions_held_for",
         "executions",
         ["held_for"],
