@@ -148,15 +148,36 @@ def up(port: int, host: str, processes: int, threads: int) -> None:
 
 @main.command()
 @click.argument("agent")
-@click.argument("message")
+@click.argument("message", required=False)
 @click.option("--model", default=None)
 @click.option("--timeout", "timeout_seconds", type=int, default=None)
 @click.option("--follow", "-f", is_flag=True, help="Wait and print the result.")
+@click.option(
+    "--file",
+    "messages",
+    type=click.File(encoding="utf-8"),
+    help="Submit every non-empty line of this file as a task, in bulk ('-': stdin).",
+)
 def task(
-    agent: str, message: str, model: str | None, timeout_seconds: int | None, follow: bool
+    agent: str,
+    message: str | None,
+    model: str | None,
+    timeout_seconds: int | None,
+    follow: bool,
+    messages: Any,
 ) -> None:
-    """Submit a task to AGENT."""
+    """Submit a task to AGENT (or, with --file, one task per line)."""
     client = Client()
+    if messages is not None:
+        lines = [line.rstrip("\n") for line in messages if line.strip()]
+        try:
+            for item in client.submit_many(agent, lines, model):
+                click.echo(item["execution_id"])
+        except ApiError as exc:
+            raise click.ClickException(str(exc)) from None
+        return
+    if message is None:
+        raise click.UsageError("give a MESSAGE, or --file with one message per line")
     body = {"message": message, "model": model, "timeout_seconds": timeout_seconds}
     data = call(
         "POST",

@@ -7,7 +7,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import click
 from shared.settings import Settings
 
 UP_STATE = "up.json"  #: what `agx up` leaves in AGX_HOME: its URL and admin key
+BULK_MAX = 1000  #: tasks per bulk submission (POST /api/agents/{name}/tasks)
 
 
 class ApiError(Exception):
@@ -75,6 +76,21 @@ class Client:
         except urllib.error.HTTPError as exc:
             raise ApiError(exc.code, _decode(exc.read())) from None
         return json.loads(raw) if raw else None
+
+    def submit_many(
+        self, agent: str, messages: Sequence[str], model: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Submit messages to an agent in bulk (batches of BULK_MAX, each all or none);
+        returns one accepted item per message, in order."""
+        accepted: list[dict[str, Any]] = []
+        for start in range(0, len(messages), BULK_MAX):
+            tasks = [
+                {"message": m, **({"model": model} if model else {})}
+                for m in messages[start : start + BULK_MAX]
+            ]
+            answer = self.request("POST", f"/api/agents/{agent}/tasks", {"tasks": tasks})
+            accepted += answer["items"]
+        return accepted
 
     def events(self, execution_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
         """Follow an execution's SSE stream; yields events, then {'type': 'end', ...}."""

@@ -19,7 +19,8 @@ from api.context import (
 from api.serialize import agent_dict, execution_dict, links
 from api.validation import json_body
 from api.waiting import wait_terminal
-from producer import submit_execution
+from producer import Task, submit_execution, submit_many
+from producer.submit import MAX_BATCH
 from shared.agents import AgentPatch, AgentSpec, agent_values
 from shared.errors import Conflict
 from shared.models import Agent
@@ -38,6 +39,24 @@ class TaskRequest(BaseModel):
     model: str | None = None
     timeout_seconds: int | None = Field(None, ge=1)
     wait: bool = False
+
+
+class BulkItem(BaseModel):
+    """One task of POST /api/agents/{name}/tasks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(min_length=1)
+    model: str | None = None
+    timeout_seconds: int | None = Field(None, ge=1)
+
+
+class BulkRequest(BaseModel):
+    """Body of POST /api/agents/{name}/tasks: up to 1,000 tasks, all accepted or none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[BulkItem] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 @bp.get("")
@@ -139,3 +158,29 @@ def submit_task(name: str, body: TaskRequest) -> Any:
             "links": links(execution),
         }
     ), 202
+
+
+@bp.post("/<name>/tasks")
+@json_body(BulkRequest)
+def submit_tasks(name: str, body: BulkRequest) -> Any:
+    """Submit many tasks at once, all or none; 202 with their ids in the tasks' order."""
+    who = require_agent_visible(name)
+    tasks = [Task(t.message, t.model, t.timeout_seconds) for t in body.tasks]
+    submitted = submit_many(
+        services(),
+        name,
+        tasks,
+        triggered_by=Trigger.manual,
+        source=f"key:{who.name}",
+        api_key_id=who.key_id,
+    )
+    items = [
+        {
+            "execution_id": s.execution.id,
+            "status": s.execution.status,
+            "queue_position": s.queue_position,
+            "links": links(s.execution),
+        }
+        for s in submitted
+    ]
+    return jsonify({"items": items}), 202

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from flask import current_app, g, request
 from sqlalchemy.orm import Session
 
-from shared.apikeys import EXECUTION_TOKEN_PREFIX, Principal
+from shared.apikeys import EXECUTION_TOKEN_PREFIX, KeyCache, Principal
 from shared.errors import AgxError, NotFound
 from shared.models import Agent
 from shared.services import Services
@@ -91,12 +92,28 @@ def bearer_principal() -> Principal:
 
 
 def _bearer(db: Session, token: str) -> Principal | None:
-    """The principal of a bearer token: an execution token's, else an API key's."""
+    """The principal of a bearer token: an execution token's (never cached: it ends with its
+    run), else an API key's (cached for AGX_KEY_CACHE_SECONDS)."""
     if token.startswith(EXECUTION_TOKEN_PREFIX):
         found = authenticate_execution(db, token)
         if found is not None:
             return found
-    return authenticate(db, token)
+    cache = _key_cache()
+    now = time.monotonic()
+    found = cache.get(token, now)
+    if found is None:
+        found = authenticate(db, token)
+        if found is not None:
+            cache.put(token, found, now)
+    return found
+
+
+def _key_cache() -> KeyCache:
+    cache = current_app.extensions.get("agx_keys")
+    if cache is None:
+        seconds = services().settings.key_cache_seconds
+        cache = current_app.extensions.setdefault("agx_keys", KeyCache(seconds))
+    return cache
 
 
 def session_token() -> str | None:

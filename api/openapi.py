@@ -285,6 +285,10 @@ OPERATIONS: dict[str, Doc] = {
     "agents.get_agent": Doc({"200": ("The agent", _one("Agent"))}),
     "agents.patch_agent": Doc({"200": ("The changed agent", _one("Agent"))}, _RACES),
     "agents.delete_agent": Doc({"204": ("Deleted", None)}, (409,)),
+    "agents.submit_tasks": Doc(
+        {"202": ("Accepted, all of them: their ids in order", _page("TaskAccepted"))},
+        (409, 429),
+    ),
     "agents.submit_task": Doc(
         {
             "202": ("Accepted: the execution exists until it ends", _one("TaskAccepted")),

@@ -1,5 +1,5 @@
 """Producers: every trigger submits executions through `submit_execution`."""
 
-from producer.submit import ChatTurn, Submitted, submit_execution
+from producer.submit import ChatTurn, Submitted, Task, submit_execution, submit_many
 
-__all__ = ["ChatTurn", "Submitted", "submit_execution"]
+__all__ = ["ChatTurn", "Submitted", "Task", "submit_execution", "submit_many"]

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -71,3 +72,32 @@ def csrf_token(session_token: str) -> str:
     """The CSRF token bound to a browser session (derived, so it need not be stored)."""
     digest = hmac.new(session_token.encode(), b"agx-csrf", hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+class KeyCache:
+    """Principals of API keys recently authenticated, for `seconds` each, so a busy client
+    costs no database round trip per request. A deleted key (or a changed scope) takes
+    effect within `seconds`: the documented bound (AGX_KEY_CACHE_SECONDS; 0 turns it off).
+    Only keys that authenticated are kept (an unknown key is looked up every time, and cannot
+    fill the cache), and at most `size` of them."""
+
+    def __init__(self, seconds: float, size: int = 10_000):
+        self.seconds, self.size = seconds, size
+        self._found: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, now: float) -> Principal | None:
+        """The cached principal of this key, if it was authenticated less than `seconds` ago."""
+        entry = self._found.get(hash_key(key))
+        return entry[1] if entry is not None and entry[0] > now else None
+
+    def put(self, key: str, found: Principal, now: float) -> None:
+        """Remember a key that authenticated."""
+        if self.seconds <= 0:
+            return
+        with self._lock:
+            if len(self._found) >= self.size:
+                self._found = {h: e for h, e in self._found.items() if e[0] > now}
+                if len(self._found) >= self.size:
+                    self._found.clear()
+            self._found[hash_key(key)] = (now + self.seconds, found)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from shared.db import driver_connection
 from shared.services import Services
-from shared.slots import submitted_us
+from shared.slots import Waiter, submitted_us
 from shared.store import executions
 
 log = logging.getLogger(__name__)
@@ -46,20 +47,30 @@ def enqueue(
 
     Returns (queue position or None, published: True/False, or None when not needed yet).
     """
+    return enqueue_many(services, agent, [(execution_id, created_at)], max_parallel)[0]
+
+
+def enqueue_many(
+    services: Services, agent: str, items: Sequence[tuple[str, datetime]], max_parallel: int
+) -> list[tuple[int | None, bool | None]]:
+    """`enqueue` for several executions of one agent: one Redis script, then the publishes."""
+    waiters = [Waiter(agent, eid, submitted_us(created_at)) for eid, created_at in items]
     try:
-        position, fits = services.slots.enqueue(
-            agent, execution_id, submitted_us(created_at), max_parallel
-        )
-    except Exception:  # Redis away: publish anyway; the worker's admission places it
-        log.warning("could not enqueue %s in Redis", execution_id, exc_info=True)
-        position, fits = 0, True
-    if not fits:
-        return position, None
-    published = send(services, execution_id, agent)
-    if not published:
-        with contextlib.suppress(Exception):  # then the reaper's promotion sends it
-            services.slots.forget_notice(agent, execution_id)
-    return None, published
+        answers = services.slots.enqueue_many(agent, waiters, max_parallel)
+    except Exception:  # Redis away: publish anyway; the worker's admission places them
+        log.warning("could not enqueue %d for %s in Redis", len(waiters), agent, exc_info=True)
+        answers = [(0, True)] * len(waiters)
+    results: list[tuple[int | None, bool | None]] = []
+    for waiter, (position, fits) in zip(waiters, answers, strict=True):
+        if not fits:
+            results.append((position, None))
+            continue
+        published = send(services, waiter.execution_id, agent)
+        if not published:
+            with contextlib.suppress(Exception):  # then the reaper's promotion sends it
+                services.slots.forget_notice(agent, waiter.execution_id)
+        results.append((None, published))
+    return results
 
 
 def release_held(services: Services, execution_id: str) -> list[str]:

@@ -59,6 +59,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     secret_key: str | None = None  #: signs session cookies; share it across API processes
     metrics_token: str | None = None  #: when set, /metrics wants it as a bearer token
+    #: how long an API process trusts a key it authenticated (a deleted key works this long)
+    key_cache_seconds: float = 5.0
     #: open SSE + websocket streams one API key may hold in one API process (then 429)
     max_streams_per_key: int = 8
     #: open streams in one API process, all keys together (then 503); keep it below the
@@ -115,6 +117,7 @@ class Settings:
             "redispatch_after_seconds",
             "keepalive_seconds",
             "drain_seconds",
+            "key_cache_seconds",
         ):
             raw = env.get("AGX_" + name.upper())
             if raw:

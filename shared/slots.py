@@ -6,7 +6,7 @@ rebuild from PostgreSQL and the reaper included, goes through `Slots`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -97,16 +97,25 @@ class Slots:
         Only a submission that fits now needs a message; the others are published by the
         release that makes room for them.
         """
-        position, fits = self._enqueue(
+        return self.enqueue_many(agent, [Waiter(agent, execution_id, submitted_us)], max_parallel)[0]
+
+    def enqueue_many(
+        self, agent: str, waiters: Sequence[Waiter], max_parallel: int
+    ) -> list[tuple[int, bool]]:
+        """`enqueue` for several submissions of one agent, in one script: their answers in order."""
+        args: list[Any] = [agent, max_parallel]
+        for waiter in waiters:
+            args += [waiter.execution_id, waiter.submitted_us]
+        flat = self._enqueue(
             keys=[
                 keys.waiting(agent),
                 keys.agents_index(),
                 keys.slots(agent),
                 keys.notified(agent),
             ],
-            args=[execution_id, submitted_us, agent, max_parallel],
+            args=args,
         )
-        return int(position), bool(fits)
+        return [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def forget_notice(self, agent: str, execution_id: str) -> None:
         """Its message could not be sent: let the next release or reaper sweep send one."""

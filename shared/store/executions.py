@@ -3,7 +3,7 @@ paths: psycopg SQL), and the reaper's, rebuild's, stop's and the API's reads (SQ
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -158,6 +158,13 @@ def insert(conn: Conn, row: dict[str, Any]) -> None:
         ) from exc
     except psycopg.errors.ForeignKeyViolation as exc:
         raise NotFound(f"agent '{row['agent_name']}' does not exist") from exc
+
+
+def insert_many(conn: psycopg.Connection[Any], rows: Sequence[dict[str, Any]]) -> None:
+    """INSERT submitted rows (each with every column of COLUMNS) in one statement."""
+    values = ", ".join(["(" + ", ".join(["%s"] * len(COLUMNS)) + ")"] * len(rows))
+    params = [row[column] for row in rows for column in COLUMNS]
+    conn.execute(f"INSERT INTO executions ({', '.join(COLUMNS)}) VALUES {values}", params)
 
 
 def claim_returning(
