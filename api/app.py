@@ -56,6 +56,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     for module in (activity, mcp):
         app.register_blueprint(module.bp)
+    from api import paid  # x402 paid tasks; checks the facilitator now when configured
+
+    paid.init_app(app, settings)
     from api import pages  # the web pages (GET / leads to /executions); docs/pages.md
 
     app.register_blueprint(pages.bp)

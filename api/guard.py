@@ -11,12 +11,10 @@ import hmac
 
 from flask import Flask, request
 
-from api.context import Forbidden, principal, services, session_token
+from api.context import WRITE_METHODS, Forbidden, principal, services, session_token
 from shared.apikeys import csrf_token
 from shared.errors import AgxError
 
-#: Methods that change state; a cookie-authenticated one must be same-origin.
-WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Methods whose body must be JSON (none at all is fine too).
 BODIES = frozenset({"POST", "PUT", "PATCH"})
 CSRF_HEADER = "X-CSRF-Token"
@@ -48,6 +46,9 @@ def guard_api() -> None:
     if request.method == "POST" and request.path == "/api/session":
         _require_json_body()  # sign-in: a form posted by a foreign page must not sign anyone in
         return
+    if request.path.startswith("/api/paid/"):
+        _require_json_body()  # paid tasks (api/paid.py): the payment or read token, no key
+        return
     principal()
     _require_json_body()
     _require_same_origin()
@@ -72,7 +73,7 @@ def _has_body() -> bool:
 
 
 def _require_same_origin() -> None:
-    if request.method not in WRITES:
+    if request.method not in WRITE_METHODS:  # a cookie-authenticated write: same-origin
         return
     token = session_token()
     if token is None or _same_site(token):

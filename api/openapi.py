@@ -15,13 +15,14 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from werkzeug.routing import Rule
 
+from api.context import WRITE_METHODS
+from api.paid import PAID_RESULT, PAYMENT_SIGNATURE
 from shared.states import ExecutionStatus, Overlap
 
 bp = Blueprint("openapi", __name__)
 
 _PARAM = re.compile(r"<(?:[a-z_]+:)?([a-z_]+)>")
 _REF = "#/components/schemas/{model}"
-_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _BODIES = frozenset({"POST", "PUT", "PATCH"})
 
 DESCRIPTION = """\
@@ -335,10 +336,21 @@ OPERATIONS: dict[str, Doc] = {
         media="text/event-stream",
         headers=(LAST_EVENT_ID,),
     ),
+    "paid.paid_task": Doc(
+        {
+            "200": ("The run ended: settled (PAYMENT-RESPONSE), or not charged", PAID_RESULT),
+            "202": ("Paid and running: `links.result` reads the result later", PAID_RESULT),
+        },
+        (402, 409, 429),
+        headers=(PAYMENT_SIGNATURE,),
+    ),
+    "paid.paid_result": Doc({"200": ("The paid execution's result", PAID_RESULT)}),
 }
-_PUBLIC = frozenset({"session.login"})  # sign-in answers 401 too, but for a wrong key
+# sign-in answers 401 too, but for a wrong key; paid tasks take a payment or a read token
+_PUBLIC = frozenset({"session.login", "paid.paid_task", "paid.paid_result"})
 _ERRORS = {
     401: "No valid API key or browser session",
+    402: "Payment required (x402): PAYMENT-REQUIRED holds the price and, if refused, why",
     403: "The key may not do this, or a cookie-signed write came from a foreign page",
     404: "Not found, or not visible to this key",
     409: "Conflicts with the current state (or a concurrent change)",
@@ -417,7 +429,7 @@ def _error_statuses(view: Any, rule: Rule, method: str, table: Doc) -> set[int]:
     found = {401, 422, 503, *table.errors}  # 422: any query parameter holding NUL
     if rule.arguments:
         found.add(404)
-    if method in _WRITES and rule.endpoint not in _PUBLIC:
+    if method in WRITE_METHODS and rule.endpoint not in _PUBLIC:
         found.add(403)  # CSRF for cookie-signed writes, and admin-only operations
     if method in _BODIES:
         found |= {413, 415}

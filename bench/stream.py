@@ -396,6 +396,47 @@ class Side:
         self.redis = redis.Redis.from_url(args.redis_url)
         self.spawned: list[subprocess.Popen[bytes]] = []
         self.cpu_marks: dict[str, float] = {}
+        self.tap: Tap | None = None
+
+    def run(self) -> SideResult:
+        """Set up, stream the lines to the subscribers and measure, then clean up."""
+        self.setup()
+        self.tap = None
+        try:
+            result = self.stream()
+            if any(not c.ok for c in result.clients):
+                result.notes.append(self.logs())
+            return result
+        finally:
+            if self.tap and self.tap.is_alive():
+                self.tap.stop.set()
+            self.stop_all()
+            self.teardown()
+
+    def setup(self) -> None:
+        """Prepare what the side needs before anything is spawned."""
+
+    def stream(self) -> SideResult:
+        """Start the servers, connect the subscribers, produce the lines and measure them."""
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Release what `setup` prepared (after every process is stopped)."""
+
+    def start_tap(self, channel: str, on_first: Callable[[], None]) -> None:
+        """Start the tap on `channel` (`on_first` at its first batch), or call `on_first` now."""
+        if self.args.no_tap:
+            on_first()
+            return
+        self.tap = Tap(self.redis, channel, on_first)
+        self.tap.start()
+
+    def finish(self, subs: list[Subscriber]) -> SideResult:
+        """Stop the tap and compute the figures of every subscriber."""
+        if self.tap:
+            self.tap.stop.set()
+            self.tap.join(5)
+        return self.collect(subs, self.tap, first_id=1)
 
     def spawn(self, label: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with open(self.workdir / f"{self.name}-{label}.log", "wb") as log:
@@ -423,8 +464,12 @@ class Side:
         return "\n".join(out)
 
     def subscribe(self, url: str, header: list[str]) -> list[Subscriber]:
+        """Connect every subscriber to `url`, then start their reading threads."""
         deadline = time.monotonic() + self.args.timeout
-        return [Subscriber(url, header, deadline) for _ in range(self.args.subscribers)]
+        subs = [Subscriber(url, header, deadline) for _ in range(self.args.subscribers)]
+        for sub in subs:
+            sub.start()
+        return subs
 
     def collect(self, subs: list[Subscriber], tap: Tap | None, first_id: int) -> SideResult:
         result = SideResult(self.name, self.args.lines, self.args.subscribers)
@@ -497,93 +542,99 @@ class AgxSide(Side):
             key = create_key(session, f"bench-{self.tag}")
         return services, key
 
-    def run(self) -> SideResult:
+    def setup(self) -> None:
+        """Prepare the database, Redis and the agent; no API or worker process yet."""
+        self.services, self.key = self.prepare()
+        self.api: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    def teardown(self) -> None:
+        """Close the services and delete the run's queue."""
+        self.services.close()
+        _delete_queue(self.args.amqp_url, f"agx-stream-{self.tag}")
+
+    def stream(self) -> SideResult:
+        """Submit while no worker runs, connect the subscribers, then start the workers."""
         from producer.submit import submit_execution
         from shared import keys
 
         a = self.args
-        services, key = self.prepare()
-        tap = None
+        port = self.start_api()
+        submitted = submit_execution(
+            self.services, AGENT_NAME, f"lines={a.lines} bytes={a.line_bytes}"
+        )
+        eid = submitted.execution.id
+        subs = self.subscribe(
+            f"ws://127.0.0.1:{port}/ws/executions/{eid}", [f"Authorization: Bearer {self.key}"]
+        )
+        time.sleep(0.5)  # let every handler reach its hub subscription
+        self.start_tap(keys.events_channel(eid), self.mark_cpu)
+        self.worker = self.spawn("workers", self.worker_argv(), self.env())
+        self.await_subscribers(subs)
+        cpu_end = self.cpu_now()
+        result = self.finish(subs)
+        result.cpu = {"server (api)": cpu_end["api"] - self.cpu_marks.get("api", 0.0)}
+        if "worker" in self.cpu_marks:
+            result.cpu["producer (worker+agent)"] = cpu_end["worker"] - self.cpu_marks["worker"]
+        result.notes.append(self.execution_note(eid))
+        return result
+
+    def start_api(self) -> int:
+        """Spawn the API server (or --api-argv) on a free port; return once it is healthy."""
+        a = self.args
+        port = free_port()
+        argv = (
+            [x.replace("{port}", str(port)) for x in json.loads(a.api_argv)]
+            if a.api_argv
+            else [sys.executable, "-m", "agx", "api", "--port", str(port)]
+        )
+        self.api = self.spawn("api", argv, self.env())
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _healthy(base), 60, "the API server", 0.1)
+        return port
+
+    def worker_argv(self) -> list[str]:
+        """`python -m agx workers` with the --processes and --threads of the run."""
+        a = self.args
+        return [
+            sys.executable,
+            "-m",
+            "agx",
+            "workers",
+            "--processes",
+            str(a.processes),
+            "--threads",
+            str(a.threads),
+        ]
+
+    def mark_cpu(self) -> None:
+        """Streaming starts: take the CPU marks (worker start-up CPU is behind us)."""
+        assert self.api is not None
+        self.cpu_marks["api"] = sum(group_cpu(self.api.pid))
+        if self.worker:
+            self.cpu_marks["worker"] = sum(group_cpu(self.worker.pid))
+
+    def cpu_now(self) -> dict[str, float]:
+        """CPU seconds of the API and of the workers (with the agent, once it has exited)."""
+        assert self.api is not None and self.worker is not None
+        cpu_end = {"api": sum(group_cpu(self.api.pid))}
+        # Once reaped, the agent's CPU counts in its worker process's children figures.
         try:
-            port = free_port()
-            argv = (
-                [x.replace("{port}", str(port)) for x in json.loads(a.api_argv)]
-                if a.api_argv
-                else [sys.executable, "-m", "agx", "api", "--port", str(port)]
-            )
-            api = self.spawn("api", argv, self.env())
-            base = f"http://127.0.0.1:{port}"
-            wait_until(lambda: _healthy(base), 60, "the API server", 0.1)
-            submitted = submit_execution(
-                services, AGENT_NAME, f"lines={a.lines} bytes={a.line_bytes}"
-            )
-            eid = submitted.execution.id
-            subs = self.subscribe(
-                f"ws://127.0.0.1:{port}/ws/executions/{eid}", [f"Authorization: Bearer {key}"]
-            )
-            for sub in subs:
-                sub.start()
-            time.sleep(0.5)  # let every handler reach its hub subscription
-            workers: list[subprocess.Popen[bytes]] = []
+            wait_until(lambda: not _marked(self.tag), 10, "the agent to exit", 0.1)
+        except TimeoutError as exc:
+            print(f"[agx] {exc}", flush=True)
+        cpu_end["worker"] = sum(group_cpu(self.worker.pid))
+        return cpu_end
 
-            def first_batch() -> None:  # streaming starts: worker start-up CPU is behind us
-                self.cpu_marks["api"] = sum(group_cpu(api.pid))
-                if workers:
-                    self.cpu_marks["worker"] = sum(group_cpu(workers[0].pid))
+    def execution_note(self, eid: str) -> str:
+        """The execution's final status, attempt and error, as stored."""
+        from shared.models import Execution
 
-            if not a.no_tap:
-                tap = Tap(self.redis, keys.events_channel(eid), first_batch)
-                tap.start()
-            else:
-                self.cpu_marks["api"] = sum(group_cpu(api.pid))
-            workers.append(
-                self.spawn(
-                    "workers",
-                    [
-                        sys.executable,
-                        "-m",
-                        "agx",
-                        "workers",
-                        "--processes",
-                        str(a.processes),
-                        "--threads",
-                        str(a.threads),
-                    ],
-                    self.env(),
-                )
+        with self.services.Session() as session:
+            row = session.get(Execution, eid)
+            return f"execution {eid}: {row.status}, attempt {row.attempt}" + (
+                f", error {row.error}" if row.error else ""
             )
-            self.await_subscribers(subs)
-            cpu_end = {"api": sum(group_cpu(api.pid))}
-            # Once reaped, the agent's CPU counts in its worker process's children figures.
-            try:
-                wait_until(lambda: not _marked(self.tag), 10, "the agent to exit", 0.1)
-            except TimeoutError as exc:
-                print(f"[agx] {exc}", flush=True)
-            cpu_end["worker"] = sum(group_cpu(workers[0].pid))
-            if tap:
-                tap.stop.set()
-                tap.join(5)
-            result = self.collect(subs, tap, first_id=1)
-            result.cpu = {"server (api)": cpu_end["api"] - self.cpu_marks.get("api", 0.0)}
-            if "worker" in self.cpu_marks:
-                result.cpu["producer (worker+agent)"] = cpu_end["worker"] - self.cpu_marks["worker"]
-            with services.Session() as session:
-                from shared.models import Execution
-
-                row = session.get(Execution, eid)
-                result.notes.append(
-                    f"execution {eid}: {row.status}, attempt {row.attempt}"
-                    + (f", error {row.error}" if row.error else "")
-                )
-            if any(not c.ok for c in result.clients):
-                result.notes.append(self.logs())
-            return result
-        finally:
-            if tap and tap.is_alive():
-                tap.stop.set()
-            self.stop_all()
-            services.close()
-            _delete_queue(a.amqp_url, f"agx-stream-{self.tag}")
 
 
 def _healthy(base: str) -> bool:
@@ -613,92 +664,89 @@ def _delete_queue(amqp_url: str, queue: str) -> None:
 class BareSide(Side):
     name = "bare"
 
-    def run(self) -> SideResult:
+    def __init__(self, args: argparse.Namespace, tag: str, workdir: Path):
+        super().__init__(args, tag, workdir)
+        self.channel = f"bench:stream:{tag}"
+        self.peer_env = {**os.environ, MARK: tag}
+        self.relay: subprocess.Popen[bytes] | None = None
+
+    def setup(self) -> None:
+        """Clear the relay's registration keys of this channel."""
+        self.redis.delete(self.channel + ":clients", self.channel + ":relay")
+
+    def teardown(self) -> None:
+        """Clear the relay's registration keys again."""
+        self.setup()
+
+    def stream(self) -> SideResult:
+        """Start the relay, connect the subscribers, then start the publisher."""
+        channel = self.channel
+        port = free_port()
+        self.relay = self.spawn("relay", self.relay_argv(port), self.peer_env)
+        wait_until(lambda: self.redis.get(channel + ":relay"), 30, "the relay", 0.05)
+        subs = self.subscribe(f"ws://127.0.0.1:{port}/", [])
+        wait_until(
+            lambda: int(self.redis.get(channel + ":clients") or 0) >= len(subs),
+            30,
+            "the relay to register every client",
+            0.01,
+        )
+        self.start_tap(channel, self.mark_cpu)
+        self.children_cpu0 = _children_cpu()
+        publisher = self.spawn("publisher", self.publisher_argv(), self.peer_env)
+        self.await_subscribers(subs)
+        relay_cpu = sum(group_cpu(self.relay.pid))
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            publisher.wait(30)  # reaped here: its CPU (and its agent's) is ours now
+        producer_cpu = _children_cpu() - self.children_cpu0
+        result = self.finish(subs)
+        result.cpu = {
+            "server (relay)": relay_cpu - self.cpu_marks.get("relay", 0.0),
+            "producer (publisher+agent)": producer_cpu,
+        }
+        return result
+
+    def relay_argv(self, port: int) -> list[str]:
+        """`stream_peer.py relay` serving websockets on `port`."""
+        return [
+            sys.executable,
+            str(PEER),
+            "relay",
+            "--port",
+            str(port),
+            "--redis-url",
+            self.args.redis_url,
+            "--channel",
+            self.channel,
+        ]
+
+    def publisher_argv(self) -> list[str]:
+        """`stream_peer.py publish` running the agent with the run's lines and line size."""
         a = self.args
-        channel = f"bench:stream:{self.tag}"
-        self.redis.delete(channel + ":clients", channel + ":relay")
-        env = {**os.environ, MARK: self.tag}
-        tap = None
-        try:
-            port = free_port()
-            relay = self.spawn(
-                "relay",
-                [
-                    sys.executable,
-                    str(PEER),
-                    "relay",
-                    "--port",
-                    str(port),
-                    "--redis-url",
-                    a.redis_url,
-                    "--channel",
-                    channel,
-                ],
-                env,
-            )
-            wait_until(lambda: self.redis.get(channel + ":relay"), 30, "the relay", 0.05)
-            subs = self.subscribe(f"ws://127.0.0.1:{port}/", [])
-            for sub in subs:
-                sub.start()
-            wait_until(
-                lambda: int(self.redis.get(channel + ":clients") or 0) >= len(subs),
-                30,
-                "the relay to register every client",
-                0.01,
-            )
-            publisher: list[subprocess.Popen[bytes]] = []
+        return [
+            sys.executable,
+            str(PEER),
+            "publish",
+            "--redis-url",
+            a.redis_url,
+            "--channel",
+            self.channel,
+            "--argv",
+            json.dumps(AGENT_ARGV),
+            "--message",
+            f"lines={a.lines} bytes={a.line_bytes}",
+        ]
 
-            def first_batch() -> None:
-                self.cpu_marks["relay"] = sum(group_cpu(relay.pid))
+    def mark_cpu(self) -> None:
+        """Streaming starts: take the relay's CPU mark."""
+        assert self.relay is not None
+        self.cpu_marks["relay"] = sum(group_cpu(self.relay.pid))
 
-            if not a.no_tap:
-                tap = Tap(self.redis, channel, first_batch)
-                tap.start()
-            else:
-                self.cpu_marks["relay"] = sum(group_cpu(relay.pid))
-            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-            self.children_cpu0 = usage.ru_utime + usage.ru_stime
-            publisher.append(
-                self.spawn(
-                    "publisher",
-                    [
-                        sys.executable,
-                        str(PEER),
-                        "publish",
-                        "--redis-url",
-                        a.redis_url,
-                        "--channel",
-                        channel,
-                        "--argv",
-                        json.dumps(AGENT_ARGV),
-                        "--message",
-                        f"lines={a.lines} bytes={a.line_bytes}",
-                    ],
-                    env,
-                )
-            )
-            self.await_subscribers(subs)
-            relay_cpu = sum(group_cpu(relay.pid))
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                publisher[0].wait(30)  # reaped here: its CPU (and its agent's) is ours now
-            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-            producer_cpu = usage.ru_utime + usage.ru_stime - self.children_cpu0
-            if tap:
-                tap.stop.set()
-                tap.join(5)
-            result = self.collect(subs, tap, first_id=1)
-            result.cpu = {
-                "server (relay)": relay_cpu - self.cpu_marks.get("relay", 0.0),
-                "producer (publisher+agent)": producer_cpu,
-            }
-            if any(not c.ok for c in result.clients):
-                result.notes.append(self.logs())
-            return result
-        finally:
-            if tap and tap.is_alive():
-                tap.stop.set()
-            self.stop_all()
-            self.redis.delete(channel + ":clients", channel + ":relay")
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's reaped children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -712,48 +760,74 @@ def _num(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:,.0f}"
 
 
-def report(results: dict[str, SideResult], args: argparse.Namespace) -> bool:
-    names = list(results)
-    rows: list[tuple[str, list[str], str]] = []
+Row = tuple[str, list[str], str]
 
-    def row(
-        label: str, values: list[float], fmt: Callable[[float], str], ratio: bool = False
-    ) -> None:
-        r = ""
-        if ratio and len(values) == 2 and values[1] and not math.isnan(values[1]):
-            r = f"{values[0] / values[1]:.2f}"
-        rows.append((label, [fmt(v) for v in values], r))
 
-    sides = [results[n] for n in names]
-    row("lines/s per client (mean)", [s.per_client for s in sides], _num, True)
-    row("lines/s aggregate (all clients)", [s.aggregate for s in sides], _num, True)
-    row("lines/s agent wrote", [s.write_rate for s in sides], _num, True)
-    row("loss (missing+dup+disorder)", [float(s.loss) for s in sides], _num)
+def _f1(value: float) -> str:
+    """`value` with one decimal, or "-" when it is NaN."""
+    return "-" if math.isnan(value) else f"{value:,.1f}"
+
+
+def _f2(value: float) -> str:
+    """`value` with two decimals, or "-" when it is NaN."""
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
+def _row(label: str, values: list[float], fmt: Callable[[float], str], ratio: bool = False) -> Row:
+    """One report row: the formatted values, and agx/bare when asked for and two sides ran."""
+    r = ""
+    if ratio and len(values) == 2 and values[1] and not math.isnan(values[1]):
+        r = f"{values[0] / values[1]:.2f}"
+    return label, [fmt(v) for v in values], r
+
+
+def _flow_rows(sides: list[SideResult]) -> list[Row]:
+    """Rates, loss and write -> client latency."""
     lat = [s.latencies for s in sides]
-    row("latency p50 ms (write->client)", [pct(x, 50) for x in lat], _ms, True)
-    row("latency p99 ms", [pct(x, 99) for x in lat], _ms, True)
-    row("latency max ms", [max(x) if x else math.nan for x in lat], _ms, True)
-    if not args.no_tap:
-        splits = [s.tap_split() for s in sides]
-        row("  write->publish p50 ms", [pct(w, 50) for w, _, _ in splits], _ms)
-        row("  write->publish p99 ms", [pct(w, 99) for w, _, _ in splits], _ms)
-        row("  publish->client p50 ms", [pct(p, 50) for _, p, _ in splits], _ms)
-        row("  publish->client p99 ms", [pct(p, 99) for _, p, _ in splits], _ms)
-        row("batches published", [float(len(z)) for _, _, z in splits], _num)
-        row(
+    return [
+        _row("lines/s per client (mean)", [s.per_client for s in sides], _num, True),
+        _row("lines/s aggregate (all clients)", [s.aggregate for s in sides], _num, True),
+        _row("lines/s agent wrote", [s.write_rate for s in sides], _num, True),
+        _row("loss (missing+dup+disorder)", [float(s.loss) for s in sides], _num),
+        _row("latency p50 ms (write->client)", [pct(x, 50) for x in lat], _ms, True),
+        _row("latency p99 ms", [pct(x, 99) for x in lat], _ms, True),
+        _row("latency max ms", [max(x) if x else math.nan for x in lat], _ms, True),
+    ]
+
+
+def _tap_rows(sides: list[SideResult]) -> list[Row]:
+    """Latency split at the publish, and the published batches, as the tap saw them."""
+    splits = [s.tap_split() for s in sides]
+    return [
+        _row("  write->publish p50 ms", [pct(w, 50) for w, _, _ in splits], _ms),
+        _row("  write->publish p99 ms", [pct(w, 99) for w, _, _ in splits], _ms),
+        _row("  publish->client p50 ms", [pct(p, 50) for _, p, _ in splits], _ms),
+        _row("  publish->client p99 ms", [pct(p, 99) for _, p, _ in splits], _ms),
+        _row("batches published", [float(len(z)) for _, _, z in splits], _num),
+        _row(
             "events per batch (mean)",
             [sum(z) / len(z) if z else math.nan for _, _, z in splits],
-            lambda v: "-" if math.isnan(v) else f"{v:,.1f}",
-        )
+            _f1,
+        ),
+    ]
+
+
+def _cpu_rows(sides: list[SideResult]) -> list[Row]:
+    """Server and producer CPU seconds while the lines flowed."""
     labels = ["server CPU s (api / relay)", "producer CPU s (worker+agent / publisher+agent)"]
-    for i, label in enumerate(labels):
-        row(
+    return [
+        _row(
             label,
             [list(s.cpu.values())[i] if len(s.cpu) > i else math.nan for s in sides],
-            lambda v: "-" if math.isnan(v) else f"{v:.2f}",
+            _f2,
             True,
         )
+        for i, label in enumerate(labels)
+    ]
 
+
+def _print_table(names: list[str], rows: list[Row], args: argparse.Namespace) -> None:
+    """The settings line, then one column per side (and agx/bare when both ran)."""
     width = max(len(r[0]) for r in rows) + 2
     head = "".join(f"{n:>14}" for n in names) + (f"{'agx/bare':>12}" if len(names) == 2 else "")
     print()
@@ -769,30 +843,51 @@ def report(results: dict[str, SideResult], args: argparse.Namespace) -> bool:
             + "".join(f"{v:>14}" for v in values)
             + (f"{ratio:>12}" if len(names) == 2 else "")
         )
+
+
+def _print_notes(sides: list[SideResult]) -> None:
+    """Subscribers with problems and each side's notes."""
     for s in sides:
         bad = [c.problem for c in s.clients if not c.ok]
         if bad:
             print(f"[{s.name}] {len(bad)} subscriber(s) with problems, e.g.: {bad[0]}")
         for note in s.notes:
             print(f"[{s.name}] {note}")
-    ok = True
-    if "agx" in results:
-        agx = results["agx"]
-        p99 = pct(agx.latencies, 99)
-        checks = [
-            ("loss == 0", agx.loss == 0),
-            (f"lines/s per client >= {args.target_rate:,}", agx.per_client >= args.target_rate),
-            (f"p99 <= {args.target_p99_ms} ms", p99 * 1000 <= args.target_p99_ms),
-        ]
-        print(
-            "agx targets: "
-            + ", ".join(f"{name}: {'PASS' if good else 'FAIL'}" for name, good in checks)
-        )
-        ok = all(good for _, good in checks)
-    return ok
 
 
-def main(argv: list[str] | None = None) -> int:
+def _check_targets(results: dict[str, SideResult], args: argparse.Namespace) -> bool:
+    """Print agx's figures against the targets; True when all pass (or agx did not run)."""
+    if "agx" not in results:
+        return True
+    agx = results["agx"]
+    p99 = pct(agx.latencies, 99)
+    checks = [
+        ("loss == 0", agx.loss == 0),
+        (f"lines/s per client >= {args.target_rate:,}", agx.per_client >= args.target_rate),
+        (f"p99 <= {args.target_p99_ms} ms", p99 * 1000 <= args.target_p99_ms),
+    ]
+    print(
+        "agx targets: "
+        + ", ".join(f"{name}: {'PASS' if good else 'FAIL'}" for name, good in checks)
+    )
+    return all(good for _, good in checks)
+
+
+def report(results: dict[str, SideResult], args: argparse.Namespace) -> bool:
+    """Print the side-by-side figures and the targets; True when agx meets them."""
+    names = list(results)
+    sides = [results[n] for n in names]
+    rows = _flow_rows(sides)
+    if not args.no_tap:
+        rows += _tap_rows(sides)
+    rows += _cpu_rows(sides)
+    _print_table(names, rows, args)
+    _print_notes(sides)
+    return _check_targets(results, args)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line flags; refuses the test suite's database and Redis db."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--subscribers", type=int, default=10)
@@ -829,38 +924,53 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"refusing database '{db_name}': use a database of the bench's own")
     if redis.Redis.from_url(args.redis_url).connection_pool.connection_kwargs.get("db", 0) == 15:
         parser.error("refusing Redis db 15: the test suite uses it")
+    return args
 
+
+def run_sides(args: argparse.Namespace, tag: str, workdir: Path) -> dict[str, SideResult]:
+    """Run each side asked for, one after the other; print its logs if it fails."""
+    results: dict[str, SideResult] = {}
+    for cls in (AgxSide, BareSide):
+        if args.only and cls.name != args.only:
+            continue
+        print(
+            f"[{cls.name}] streaming {args.lines:,} lines to {args.subscribers} subscribers ...",
+            flush=True,
+        )
+        started = time.monotonic()
+        side = cls(args, tag, workdir)
+        try:
+            results[cls.name] = side.run()
+        except Exception:
+            print(side.logs(), flush=True)
+            raise
+        print(f"[{cls.name}] done in {time.monotonic() - started:.1f} s", flush=True)
+    return results
+
+
+def remove_workdir(workdir: Path) -> None:
+    """Delete the logs and the temp dir."""
+    for path in workdir.rglob("*"):
+        if path.is_file():
+            path.unlink()
+    for path in sorted(workdir.rglob("*"), reverse=True):
+        path.rmdir()
+    workdir.rmdir()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sides, print the report; exit 1 when agx misses a target."""
+    args = parse_args(argv)
     args.load_before = os.getloadavg()[0]
     tag = uuid.uuid4().hex[:8]
     workdir = Path(tempfile.mkdtemp(prefix=f"agx-stream-{tag}-"))
-    results: dict[str, SideResult] = {}
     try:
-        for cls in (AgxSide, BareSide):
-            if args.only and cls.name != args.only:
-                continue
-            print(
-                f"[{cls.name}] streaming {args.lines:,} lines to {args.subscribers} "
-                "subscribers ...",
-                flush=True,
-            )
-            started = time.monotonic()
-            side = cls(args, tag, workdir)
-            try:
-                results[cls.name] = side.run()
-            except Exception:
-                print(side.logs(), flush=True)
-                raise
-            print(f"[{cls.name}] done in {time.monotonic() - started:.1f} s", flush=True)
+        results = run_sides(args, tag, workdir)
     finally:
         if args.keep_logs:
             print(f"logs kept in {workdir}")
         else:
-            for path in workdir.rglob("*"):
-                if path.is_file():
-                    path.unlink()
-            for path in sorted(workdir.rglob("*"), reverse=True):
-                path.rmdir()
-            workdir.rmdir()
+            remove_workdir(workdir)
     return 0 if report(results, args) else 1
 
 

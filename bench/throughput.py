@@ -645,6 +645,20 @@ def dispatch(runs: list[Run]) -> tuple[list[float], list[float]]:
 
 
 def report(results: list[Result], args: argparse.Namespace) -> None:
+    """Print the comparison of the sides, the targets, the step breakdown and the checks."""
+    _print_header(args)
+    _print_table(results)
+    _print_cpu(results)
+    _print_targets(results)
+    for r in results:
+        breakdown(r)
+    for r in results:
+        if r.name == "agx":
+            verify(r)
+
+
+def _print_header(args: argparse.Namespace) -> None:
+    """The tree version, the settings of the run and what the dispatch columns mean."""
     print(f"\ntree: {tree_version()}")
     print(
         f"{args.count} executions, workers --processes {args.processes} "
@@ -655,6 +669,10 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         "dispatch (agent start) = agent's first time.time() - submit; "
         "dispatch (claim) = row started_at - submit\n"
     )
+
+
+def _print_table(results: list[Result]) -> None:
+    """One row per side: count, wall time, throughput and dispatch latencies."""
     head = (
         f"{'side':<6}{'count':>7}{'wall s':>9}{'exec/s':>9}"
         f"{'start p50':>11}{'start p99':>11}{'claim p50':>11}{'claim p99':>11}"
@@ -672,6 +690,10 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             f"{ms(pct(istart, 50)):>16}{ms(pct(iclaim, 50)):>16}"
         )
     print("(latencies in ms; count = executions finished under load)")
+
+
+def _print_cpu(results: list[Result]) -> None:
+    """CPU per execution under load (pool, agents, machine) and leftover queued messages."""
     for r in results:
         n = max(r.finished, 1)
         print(
@@ -691,6 +713,10 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
                 f"{r.name}: {r.leftover} messages still queued after every row was terminal "
                 "(duplicate deliveries)"
             )
+
+
+def _print_targets(results: list[Result]) -> None:
+    """The throughput ratio and the idle dispatch latency against their targets."""
     by = {r.name: r for r in results}
     if "agx" in by and "bare" in by:
         ratio = by["agx"].rate / by["bare"].rate
@@ -705,11 +731,6 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             f"{'PASS' if pct(iclaim, 50) <= 0.010 else 'FAIL'}), "
             f"agent start {ms(pct(istart, 50))} ms (includes interpreter start-up)"
         )
-    for r in results:
-        breakdown(r)
-    for r in results:
-        if r.name == "agx":
-            verify(r)
 
 
 def breakdown(r: Result) -> None:

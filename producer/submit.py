@@ -89,7 +89,8 @@ def _agent(conn: psycopg.Connection[Any], agent_name: str) -> Any:
     return agent
 
 
-def _refuse_if_full(agent: Any, in_flight: int) -> None:
+def refuse_if_full(agent: Any, in_flight: int) -> None:
+    """429 when the agent has max_parallel_tasks + queue_limit executions in flight."""
     limit = agent.max_parallel_tasks + agent.queue_limit
     if in_flight >= limit:
         raise QueueFull(
@@ -118,7 +119,7 @@ def _insert_exactly(
     with driver_connection(services.engine) as conn, conn.transaction():
         agents.lock_key(conn, agent.name)
         in_flight = agents.in_flight(conn, agent.name)
-        _refuse_if_full(agent, in_flight)
+        refuse_if_full(agent, in_flight)
         row["queued_at"] = row["created_at"] if in_flight >= agent.max_parallel_tasks else None
         if chat is not None:
             _follow_last_turn(conn, agent.name, row, chat)
@@ -182,7 +183,7 @@ def submit_execution(
     # Plain autocommit statements: a Session, BEGIN and COMMIT would cost more than the work.
     with driver_connection(services.engine) as conn:
         agent = _agent(conn, agent_name)
-        _refuse_if_full(agent, agent.in_flight)
+        refuse_if_full(agent, agent.in_flight)
         row = _row(
             agent,
             message,

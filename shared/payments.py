@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
@@ -49,6 +50,12 @@ from shared.settings import Settings
 from shared.states import TERMINAL, ExecutionStatus
 from shared.store import payments
 
+#: py_ecc, which x402[evm] imports, raises Python's recursion limit to 100,000 on import. With
+#: it a deep recursion (a hostile, deeply nested JSON body) overflows the C stack and kills the
+#: whole process instead of raising RecursionError, so the limit is put back within bounds.
+SAFE_RECURSION_LIMIT = 3000
+sys.setrecursionlimit(min(sys.getrecursionlimit(), SAFE_RECURSION_LIMIT))
+
 log = logging.getLogger(__name__)
 
 SCHEME = "exact"
@@ -67,9 +74,9 @@ FACILITATOR_ERRORS = (httpx.HTTPError, ValueError, RuntimeError, PaymentError)
 
 
 class PaidTasksOff(AgxError):
-    """Paid tasks are not configured on this server."""
+    """Paid tasks are not configured on this server: nothing is for sale (404)."""
 
-    status = 503
+    status = 404
     code = "paid_tasks_off"
 
 
@@ -117,9 +124,9 @@ def check_settings(settings: Settings) -> None:
     if bool(settings.x402_pay_to) != bool(settings.x402_facilitator_url):
         raise ValueError("set both AGX_X402_PAY_TO and AGX_X402_FACILITATOR_URL, or neither")
     if not _ADDRESS.fullmatch(settings.x402_pay_to or ""):
-        raise ValueError(f"AGX_X402_PAY_TO must be an EVM address (0x + 40 hex digits)")
+        raise ValueError("AGX_X402_PAY_TO must be an EVM address (0x + 40 hex digits)")
     if not _NETWORK.fullmatch(settings.x402_network):
-        raise ValueError(f"AGX_X402_NETWORK must be a CAIP-2 EVM network like eip155:84532")
+        raise ValueError("AGX_X402_NETWORK must be a CAIP-2 EVM network like eip155:84532")
     url = settings.x402_facilitator_url or ""
     if not url.startswith(("http://", "https://")):
         raise ValueError("AGX_X402_FACILITATOR_URL must be an http:// or https:// URL")
@@ -142,7 +149,8 @@ class Paywall:
         self.url = (settings.x402_facilitator_url or "").rstrip("/")
         config = FacilitatorConfig(url=self.url, timeout=FACILITATOR_TIMEOUT_SECONDS)
         self.server = x402ResourceServerSync(HTTPFacilitatorClientSync(config))
-        self.server.register(self.network, ExactEvmServerScheme())
+        # The SDK's scheme class is typed looser than its own protocol says (payment_flows).
+        self.server.register(self.network, ExactEvmServerScheme())  # type: ignore[arg-type]
         self._ready = False
         self._lock = threading.Lock()
 

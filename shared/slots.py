@@ -97,7 +97,8 @@ class Slots:
         Only a submission that fits now needs a message; the others are published by the
         release that makes room for them.
         """
-        return self.enqueue_many(agent, [Waiter(agent, execution_id, submitted_us)], max_parallel)[0]
+        waiter = Waiter(agent, execution_id, submitted_us)
+        return self.enqueue_many(agent, [waiter], max_parallel)[0]
 
     def enqueue_many(
         self, agent: str, waiters: Sequence[Waiter], max_parallel: int

@@ -172,7 +172,10 @@ def make_agent(services: Services, tmp_path: Path) -> Callable[..., Agent]:
         values: dict[str, Any] = {
             "command": [sys.executable, "-m", "agx.demo_agent"],
             "output": "claude-stream-json",
-            "env": {"AGX_DEMO_RECORD": str(tmp_path / f"{name}.record")},
+            "env": {
+                "AGX_DEMO_RECORD": str(tmp_path / f"{name}.record"),
+                "AGX_DEMO_SESSIONS": str(tmp_path / "sessions"),  # not the home folder
+            },
             **fields,
         }
         with services.Session.begin() as session:

@@ -267,3 +267,16 @@ def test_a_body_that_is_not_an_object_or_not_json_is_422(client: Any, alpha: str
     for data in ("[1]", '"x"', "{", "NaN", '{"description": NaN}'):
         resp = client.patch("/api/agents/alpha", data=data, content_type="application/json")
         assert _error(resp, 422)["field"] in ("body", "description"), data
+
+
+def test_no_dependency_leaves_the_recursion_limit_high_enough_to_crash_the_api(
+    services: Services,
+) -> None:
+    """py_ecc (under x402[evm]) sets it to 100,000 on import: a nested body then overflowed
+    the C stack (a segfault of the API process, not a 422)."""
+    import sys
+
+    from shared.payments import SAFE_RECURSION_LIMIT
+
+    app_client(services, "")
+    assert sys.getrecursionlimit() <= SAFE_RECURSION_LIMIT

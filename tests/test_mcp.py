@@ -120,6 +120,7 @@ def _running(
     key_id: str | None,
     parent: str | None = None,
     status: str = "running",
+    trigger: str | None = None,
 ) -> tuple[str, str]:
     """A stored execution with an execution token, as a worker's claim leaves it (a child of
     `parent` through MCP when given): (its id, its token)."""
@@ -128,7 +129,7 @@ def _running(
         id=new_id(),
         agent_name=agent,
         status=status,
-        triggered_by="mcp" if parent else "manual",
+        triggered_by=trigger or ("mcp" if parent else "manual"),
         message="seeded",
         parent_execution_id=parent,
         api_key_id=key_id,
@@ -245,6 +246,11 @@ def test_an_execution_token_acts_for_its_running_execution_and_its_key(services,
     assert not mcp(api, unkeyed, "list_recent_executions", name="a").is_error
     assert "does not exist" in error_text(mcp(api, unkeyed, "list_recent_executions", name="b"))
     assert "itself" in error_text(mcp(api, unkeyed, "run_agent_task", name="a", message="x"))
+
+    _, paid = _running(services, "a", None, trigger="paid")  # a stranger paid for this run
+    refused = error_text(mcp(api, paid, "list_recent_executions", name="a"))
+    assert "does not exist" in refused, "other payers' tasks stay unseen"
+    assert _status(api + "/api/agents/a/executions", {"Authorization": f"Bearer {paid}"}) == 404
 
 
 def test_self_calls_cycles_and_deep_chains_are_refused_naming_the_chain(services, make_agent, api):

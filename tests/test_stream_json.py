@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from decimal import Decimal
@@ -175,15 +176,16 @@ def test_parser_for_picks_the_parser_by_output_format() -> None:
         parser_for("xml")
 
 
-def test_the_demo_agent_output_parses_into_a_complete_run() -> None:
+def test_the_demo_agent_output_parses_into_a_complete_run(tmp_path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "agx.demo_agent", "--model", "demo-1", "--resume", "sess"],
+        [sys.executable, "-m", "agx.demo_agent", "--model", "demo-1", "--session-id", "sess"],
         input="hello there garbage",
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=30,
         check=True,
+        env={**os.environ, "AGX_DEMO_SESSIONS": str(tmp_path)},
     )
     parser = StreamJsonParser()
     for line in done.stdout.splitlines():

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
-from shared import dispatch, events, logs, metrics
+from shared import dispatch, events, logs, metrics, payments
 from shared.models import utcnow
 from shared.rebuild import ensure_epoch
 from shared.services import Services
@@ -104,6 +104,7 @@ def sweep(services: Services) -> dict[str, list[str]]:
         "failed": fail_lost(services),
         "promoted": promote(services),
         "redispatched": redispatch(services),
+        "payments": payments.sweep(services),  # x402: settle completed runs, void the rest
     }
 
 

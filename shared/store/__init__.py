@@ -1,7 +1,8 @@
 """The stores: every read and write of a table goes through one module here.
 
 - `executions` (with transcripts), `agents`, `schedules` (with their fires), `keys` (API
-  keys and browser sessions).
+  keys, browser sessions, execution tokens), `payments` (x402), `activity` (the activity
+  summary's aggregates).
 - Callers never write SQL or build queries; they call a named function of a store.
 
 One access style per kind of caller:
@@ -26,9 +27,9 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, text
 
-from shared.store import agents, executions, keys, schedules
+from shared.store import activity, agents, executions, keys, payments, schedules
 
-__all__ = ["agents", "executions", "keys", "ping", "schedules"]
+__all__ = ["activity", "agents", "executions", "keys", "payments", "ping", "schedules"]
 
 
 def ping(engine: Engine) -> None:

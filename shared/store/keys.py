@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from shared.apikeys import KEY_NAME, KEY_NAME_RULE, KEY_PREFIX, Principal, hash_key
 from shared.models import ApiKey, BrowserSession, Execution, utcnow
-from shared.states import ExecutionStatus
+from shared.states import ExecutionStatus, Trigger
 
 
 def create_key(
@@ -96,9 +96,13 @@ def end_session(session: Session, token: str) -> None:
 def authenticate_execution(session: Session, token: str) -> Principal | None:
     """The principal of a running execution's token, or None (not running, another attempt's
     token, or its submitting key deleted). It acts with that key's current role and scope; a
-    run no key submitted gets its own agent only (it may read its history, call nothing)."""
+    run no key submitted gets its own agent only (it may read its history, call nothing), and
+    a paid run nothing at all: its payer is a stranger, and the agent's history holds other
+    payers' tasks."""
     row = session.execute(
-        select(Execution.id, Execution.agent_name, Execution.api_key_id, ApiKey)
+        select(
+            Execution.id, Execution.agent_name, Execution.api_key_id, ApiKey, Execution.triggered_by
+        )
         .outerjoin(ApiKey, ApiKey.id == Execution.api_key_id)
         .where(
             Execution.token_hash == hash_key(token),
@@ -107,9 +111,10 @@ def authenticate_execution(session: Session, token: str) -> Principal | None:
     ).one_or_none()
     if row is None:
         return None
-    execution_id, agent, key_id, key = row
+    execution_id, agent, key_id, key, trigger = row
     if key_id is None:
-        return Principal(f"execution:{execution_id}", "agent", (agent,), None, execution_id)
+        scope = () if trigger == Trigger.paid.value else (agent,)
+        return Principal(f"execution:{execution_id}", "agent", scope, None, execution_id)
     if key is None:
         return None
     return replace(Principal.of(key), execution_id=execution_id)

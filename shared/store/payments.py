@@ -90,9 +90,11 @@ def mark_retry(payment: Payment, error: str, next_at: datetime) -> None:
     payment.last_error, payment.next_settle_at = error[:2000], next_at
 
 
-def attach(payment: Payment, execution_id: str, token_hash: str) -> None:
-    """Record the execution the payment bought and the hash of its read token."""
-    payment.execution_id, payment.read_token_hash = execution_id, token_hash
+def attach(session: Session, payment_id: str, execution_id: str) -> None:
+    """Record the execution the payment bought."""
+    payment = session.get(Payment, payment_id)
+    if payment is not None:
+        payment.execution_id = execution_id
 
 
 def rotate_token(session: Session, payment_id: str, token_hash: str) -> None:
