@@ -14,10 +14,11 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 from werkzeug.routing import Rule
+from x402.http import PAYMENT_SIGNATURE_HEADER
 
 from api.context import WRITE_METHODS
-from api.paid import PAID_RESULT, PAYMENT_SIGNATURE
 from shared.states import ExecutionStatus, Overlap
+from shared.store.payments import SETTLED, VERIFIED, VOIDED
 
 bp = Blueprint("openapi", __name__)
 
@@ -115,6 +116,45 @@ ACTIVITY = {
     },
 }
 _LINKS = {"type": "object", "additionalProperties": {"type": "string"}}
+#: The JSON schema of what the payer sees (/openapi.json).
+PAID_RESULT = {
+    "type": "object",
+    "required": ["execution_id", "status", "payment"],
+    "properties": {
+        "execution_id": _STR,
+        "agent": _STR,
+        "status": {"enum": [s.value for s in ExecutionStatus]},
+        "response": {**_nullable("string"), "description": "once the payment is settled"},
+        "error": _nullable("string"),
+        "created_at": _nullable("string"),
+        "completed_at": _nullable("string"),
+        "payment": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {
+                "status": {"enum": [VERIFIED, SETTLED, VOIDED]},
+                "payer": _nullable("string"),
+                "amount": {"type": "string", "description": "in the asset's smallest unit"},
+                "asset": _STR,
+                "network": _STR,
+                "tx": _nullable("string"),
+                "error": _nullable("string"),
+            },
+        },
+        "links": {
+            "type": "object",
+            "properties": {"result": {"type": "string", "description": "carries a read token"}},
+        },
+    },
+}
+#: The payment header, as /openapi.json lists it.
+PAYMENT_SIGNATURE = {
+    "name": PAYMENT_SIGNATURE_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "the x402 v2 payment payload (base64 JSON); without it: 402",
+    "schema": {"type": "string"},
+}
 EXECUTION = {
     "type": "object",
     "required": ["id", "agent_name", "status"],
