@@ -52,6 +52,9 @@ SESSION_COOKIE = "agx_session"
 
 #: Methods that change state: an execution token may not use them on the REST API.
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: /api endpoints that take no key: sign-in (a wrong key is its 401), and paid tasks (the
+#: payment, or a read token, is the credential). The guard and /openapi.json both read this.
+PUBLIC_ENDPOINTS = frozenset({"session.login", "paid.paid_task", "paid.paid_result"})
 
 
 def principal() -> Principal:

@@ -11,7 +11,14 @@ import hmac
 
 from flask import Flask, request
 
-from api.context import WRITE_METHODS, Forbidden, principal, services, session_token
+from api.context import (
+    PUBLIC_ENDPOINTS,
+    WRITE_METHODS,
+    Forbidden,
+    principal,
+    services,
+    session_token,
+)
 from shared.apikeys import csrf_token
 from shared.errors import AgxError
 
@@ -43,11 +50,8 @@ def guard_api() -> None:
     """Before any /api view: authenticate, refuse non-JSON bodies, then check CSRF."""
     if not _is_api():
         return
-    if request.method == "POST" and request.path == "/api/session":
-        _require_json_body()  # sign-in: a form posted by a foreign page must not sign anyone in
-        return
-    if request.path.startswith("/api/paid/"):
-        _require_json_body()  # paid tasks (api/paid.py): the payment or read token, no key
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        _require_json_body()  # a form posted by a foreign page must not sign in, nor pay
         return
     principal()
     _require_json_body()

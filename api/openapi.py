@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, jsonify
 from werkzeug.routing import Rule
 from x402.http import PAYMENT_SIGNATURE_HEADER
 
-from api.context import WRITE_METHODS
+from api.context import PUBLIC_ENDPOINTS, WRITE_METHODS
 from shared.states import ExecutionStatus, Overlap
 from shared.store.payments import SETTLED, VERIFIED, VOIDED
 
@@ -386,8 +386,6 @@ OPERATIONS: dict[str, Doc] = {
     ),
     "paid.paid_result": Doc({"200": ("The paid execution's result", PAID_RESULT)}),
 }
-# sign-in answers 401 too, but for a wrong key; paid tasks take a payment or a read token
-_PUBLIC = frozenset({"session.login", "paid.paid_task", "paid.paid_result"})
 _ERRORS = {
     401: "No valid API key or browser session",
     402: "Payment required (x402): PAYMENT-REQUIRED holds the price and, if refused, why",
@@ -439,7 +437,7 @@ def _operation(view: Any, rule: Rule, method: str, schemas: dict[str, Any]) -> d
         + list(table.headers),
         "responses": _responses(table, _error_statuses(view, rule, method, table)),
     }
-    if rule.endpoint in _PUBLIC:
+    if rule.endpoint in PUBLIC_ENDPOINTS:
         op["security"] = []
     model = getattr(view, "request_model", None)
     if model is not None:
@@ -469,7 +467,7 @@ def _error_statuses(view: Any, rule: Rule, method: str, table: Doc) -> set[int]:
     found = {401, 422, 503, *table.errors}  # 422: any query parameter holding NUL
     if rule.arguments:
         found.add(404)
-    if method in WRITE_METHODS and rule.endpoint not in _PUBLIC:
+    if method in WRITE_METHODS and rule.endpoint not in PUBLIC_ENDPOINTS:
         found.add(403)  # CSRF for cookie-signed writes, and admin-only operations
     if method in _BODIES:
         found |= {413, 415}
