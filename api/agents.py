@@ -20,10 +20,10 @@ from api.serialize import agent_dict, execution_dict, links
 from api.validation import json_body
 from api.waiting import wait_terminal
 from producer import Task, submit_execution, submit_many
-from producer.submit import MAX_BATCH
+from producer.submit import MAX_BATCH, NewExecution
 from shared.agents import AgentPatch, AgentSpec, agent_values
 from shared.errors import Conflict
-from shared.models import Agent
+from shared.models import Agent, Execution
 from shared.states import ExecutionStatus, Trigger
 from shared.store import agents
 
@@ -145,11 +145,12 @@ def submit_task(name: str, body: TaskRequest) -> Any:
         source=f"key:{who.name}",
         api_key_id=who.key_id,
     )
-    execution = submitted.execution
+    execution: Execution | NewExecution = submitted.execution
     if body.wait:
-        execution = wait_terminal(execution.id, svc.settings.wait_max_seconds)
-        if ExecutionStatus(execution.status).terminal:
-            return jsonify(execution_dict(execution, who)), 200
+        ended = wait_terminal(execution.id, svc.settings.wait_max_seconds)
+        if ExecutionStatus(ended.status).terminal:
+            return jsonify(execution_dict(ended, who)), 200
+        execution = ended
     return jsonify(
         {
             "execution_id": execution.id,

@@ -26,8 +26,10 @@ from api.context import services
 from api.serialize import activity_dict, execution_dict, links
 from api.waiting import wait_terminal
 from producer import submit_execution
+from producer.submit import NewExecution
 from shared.apikeys import Principal
 from shared.errors import AgxError
+from shared.models import Execution
 from shared.states import ExecutionStatus, Trigger
 from shared.store import activity, agents, executions
 
@@ -113,11 +115,12 @@ def run_agent_task(
             parent_execution_id=who.execution_id,
             api_key_id=who.key_id,
         )
-        execution = submitted.execution
+        execution: Execution | NewExecution = submitted.execution
         if wait:
-            execution = wait_terminal(execution.id, svc.settings.wait_max_seconds)
-            if ExecutionStatus(execution.status).terminal:
-                return execution_dict(execution, who)
+            ended = wait_terminal(execution.id, svc.settings.wait_max_seconds)
+            if ExecutionStatus(ended.status).terminal:
+                return execution_dict(ended, who)
+            execution = ended
         return {
             "execution_id": execution.id,
             "status": execution.status,

@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from producer.submit import NewExecution
 from scheduler import FireTimes
 from shared.apikeys import Principal
 from shared.models import Agent, Execution, Schedule, ScheduleFire, utcnow
@@ -49,7 +50,7 @@ _PLAIN = (
 )
 
 
-def links(execution: Execution) -> dict[str, str]:
+def links(execution: Execution | NewExecution) -> dict[str, str]:
     """Where to find this execution and act on it (routes that exist)."""
     base = f"/api/agents/{execution.agent_name}/executions/{execution.id}"
     return {

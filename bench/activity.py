@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from bench.throughput import ensure_database, libpq_url, with_database  # noqa: E402
+from bench.measure import ensure_database, libpq_url, with_database  # noqa: E402
 from shared.db import migrate, normalize_database_url  # noqa: E402
 from shared.store import activity  # noqa: E402
 

@@ -40,7 +40,7 @@ import redis  # noqa: E402
 from sqlalchemy import create_engine, insert, text  # noqa: E402
 
 from agx import procs  # noqa: E402
-from bench.throughput import (  # noqa: E402
+from bench.measure import (  # noqa: E402
     delete_queues,
     ensure_database,
     group_cpu,

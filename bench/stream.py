@@ -76,7 +76,7 @@ import websocket  # noqa: E402
 
 from agx import procs  # noqa: E402
 from agx.embedded import free_port  # noqa: E402
-from bench.throughput import group_cpu  # noqa: E402
+from bench.measure import group_cpu  # noqa: E402
 from shared.settings import normalize_database_url  # noqa: E402
 
 AGENT_NAME = "bench-stream"

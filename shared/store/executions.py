@@ -86,6 +86,7 @@ _INSERT = (
     f"INSERT INTO executions ({', '.join(COLUMNS)})"
     f" VALUES ({', '.join(f'%({c})s' for c in COLUMNS)})"
 )
+_COPY = f"COPY executions ({', '.join(COLUMNS)}) FROM STDIN"
 _CLAIM_RETURNING = (
     "UPDATE executions SET status = 'running', attempt = attempt + 1, started_at = %(now)s,"
     " heartbeat_at = %(now)s, worker_id = %(worker)s, token_hash = %(token_hash)s"
@@ -161,10 +162,13 @@ def insert(conn: Conn, row: dict[str, Any]) -> None:
 
 
 def insert_many(conn: psycopg.Connection[Any], rows: Sequence[dict[str, Any]]) -> None:
-    """INSERT submitted rows (each with every column of COLUMNS) in one statement."""
-    values = ", ".join(["(" + ", ".join(["%s"] * len(COLUMNS)) + ")"] * len(rows))
-    params = [row[column] for row in rows for column in COLUMNS]
-    conn.execute(f"INSERT INTO executions ({', '.join(COLUMNS)}) VALUES {values}", params)
+    """Store submitted rows (each with every column of COLUMNS) in one COPY: one round trip,
+    and no statement of thousands of placeholders for the client to build and the server to
+    parse (a 500-row INSERT ... VALUES spent more time in psycopg's query split than in
+    PostgreSQL)."""
+    with conn.cursor().copy(_COPY) as copy:
+        for row in rows:
+            copy.write_row([row[column] for column in COLUMNS])
 
 
 def claim_returning(
