@@ -57,7 +57,14 @@ def migrate() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
-@click.option("--workers", "procs", default=1, show_default=True, help="gunicorn processes")
+@click.option(
+    "--workers",
+    "procs",
+    type=click.IntRange(min=1),
+    default=lambda: min(os.cpu_count() or 1, 8),
+    show_default="one per CPU, at most 8",
+    help="gunicorn processes (stream limits and the key cache are per process)",
+)
 @click.option("--threads", default=32, show_default=True)
 def api(host: str, port: int, procs: int, threads: int) -> None:
     """Serve the REST API, streams and pages (gunicorn, threaded)."""

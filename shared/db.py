@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +12,8 @@ import psycopg
 from alembic import command
 from alembic.config import Config
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import normalize_database_url
@@ -19,23 +21,53 @@ from shared.settings import normalize_database_url
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+#: A pooled connection idle for longer than this is pinged before use (see `make_engine`).
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
 def make_engine(
     url: str, pool_size: int = 10, pre_ping: bool = True, autocommit: bool = False
 ) -> Engine:
     """Create an engine for a PostgreSQL URL in any accepted form.
 
-    `autocommit` suits callers whose every write is one statement (the worker): no BEGIN and
-    COMMIT round trips around each.
+    `pre_ping` checks a pooled connection before use when it sat idle for more than
+    PING_AFTER_IDLE_SECONDS, and opens a fresh one when the check fails (so a PostgreSQL
+    restart costs no request); a connection that was in use a moment ago is handed out as it
+    is, so a busy process pays no extra round trip per checkout. `autocommit` suits callers
+    whose every write is one statement (the worker): no BEGIN and COMMIT round trips around
+    each.
     """
-    return create_engine(
+    engine = create_engine(
         normalize_database_url(url),
         isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         future=True,
     )
+    if pre_ping:
+        event.listen(engine, "checkin", _stamp_checkin)
+        event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+def _stamp_checkin(_dbapi: Any, record: Any) -> None:
+    record.info["checked_in"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi: psycopg.Connection[Any], record: Any, _proxy: Any) -> None:
+    """Raise DisconnectionError (the pool then connects afresh) for a connection that sat idle
+    and no longer answers."""
+    if time.monotonic() - record.info.get("checked_in", 0.0) <= PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        if dbapi.closed or dbapi.broken:
+            raise psycopg.OperationalError("connection closed")
+        dbapi.execute("SELECT 1")
+        if not dbapi.autocommit:
+            dbapi.rollback()  # leave no transaction open behind the ping
+    except psycopg.Error as exc:
+        raise DisconnectionError(str(exc)) from exc
 
 
 @contextmanager

@@ -241,13 +241,14 @@ def redis_client(services: Services) -> redis_lib.Redis:
 
 @pytest.fixture
 def api_url(processes: Processes, settings: Settings) -> str:
-    """A real API server (gunicorn) on a free port, for SSE and websocket tests."""
+    """A real API server (gunicorn) on a free port, for SSE and websocket tests: one process,
+    since stream limits are counted per process."""
     from agx.embedded import free_port
 
     port = free_port()
     env = worker_env(settings)
     env["AGX_KEEPALIVE_SECONDS"] = "1"
-    processes.start("api", "--port", str(port), env=env)
+    processes.start("api", "--port", str(port), "--workers", "1", env=env)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import text
 
@@ -93,6 +95,32 @@ def test_a_worker_survives_postgresql_dropping_its_pooled_connection(
             assert conn.info.backend_pid != pid
     finally:
         worker.close()
+
+
+def test_an_api_process_pings_a_connection_that_sat_idle_and_replaces_a_dropped_one(
+    settings, services, make_agent, monkeypatch
+):
+    """API and producer pools check a connection before use only when it sat idle for more
+    than PING_AFTER_IDLE_SECONDS: one PostgreSQL dropped while idle is replaced unseen."""
+    import shared.db
+
+    make_agent("demo")
+    monkeypatch.setattr(shared.db, "PING_AFTER_IDLE_SECONDS", 0.2)
+    api = Services(settings, pool_size=1)  # pre_ping, as the API and producers use
+    try:
+        first = submit_execution(api, "demo", "first").execution.id
+        with driver_connection(api.engine) as conn:  # the pool's only connection
+            pid = conn.info.backend_pid
+        with services.engine.connect() as admin:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        time.sleep(0.3)
+        second = submit_execution(api, "demo", "second").execution.id
+        assert statuses(services, [first, second]) == {first: "pending", second: "pending"}
+        with driver_connection(api.engine) as conn:  # no idle time: handed out as it is
+            assert conn.info.backend_pid != pid
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        api.close()
 
 
 def test_lines_reach_the_stream_even_when_the_terminal_write_fails(

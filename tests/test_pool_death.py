@@ -77,3 +77,25 @@ def test_the_guardian_leaves_with_the_pool(processes, services):
 def _guards(proc: psutil.Process, pool_pid: int) -> bool:
     args = proc.info["cmdline"] or []
     return "agx.guardian" in args and any(f"agx-guard-{pool_pid}-" in a for a in args)
+
+
+def test_runs_skip_their_parent_death_signal_only_while_the_guardian_answers():
+    """Under a pool, a run's safety net is the guardian; once it is gone, runs get their own
+    parent-death signal again."""
+    from agx.pool import _start_guardian
+    from workers.groups import GroupRegistry
+
+    assert not GroupRegistry(None).guarded()  # outside a pool: always armed
+    guardian, address = _start_guardian()
+    try:
+        registry = GroupRegistry(address)
+        assert registry.guarded()
+        assert registry.guarded()  # the same connection, still answered
+        guardian.kill()
+        guardian.wait(10)
+        assert not registry.guarded()
+    finally:
+        guardian.kill()
+        guardian.wait(10)
+        assert guardian.stdin is not None
+        guardian.stdin.close()

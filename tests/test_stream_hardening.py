@@ -133,7 +133,7 @@ def _api(processes, settings, **env: str) -> str:
 
     port = free_port()
     environment = {**worker_env(settings), "AGX_KEEPALIVE_SECONDS": "0.5", **env}
-    processes.start("api", "--port", str(port), env=environment)
+    processes.start("api", "--port", str(port), "--workers", "1", env=environment)
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: _up(url), 30, 0.1, "the API server")
     return url

@@ -359,6 +359,7 @@ class Executor:
                     max_total_bytes=MAX_STORED_BYTES,
                     on_flush=capture.events.tick,
                     on_start=on_start,
+                    die_with_parent=not self.groups.guarded(),
                 )
         except OSError as exc:
             return _start_error(exc, job)
