@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import redis
 from flask import Flask, jsonify
+from flask.sessions import SessionInterface
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
@@ -28,8 +29,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["agx"] = services
     app.extensions["agx_hub"] = Hub(services.redis)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024  # bodies are small; 100 KB messages fit
-    # Browser sessions are rows (api/session.py), not Flask's signed cookie, which is unused.
+    # Browser sessions are rows (api/session.py), not Flask's signed cookie, which is unused:
+    # no request pays for opening one.
     app.secret_key = settings.secret_key or secrets.token_hex(32)
+    app.session_interface = _NoFlaskSessions()
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     from api import (
@@ -64,6 +67,16 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_blueprint(pages.bp)
     _register_errors(app)
     return app
+
+
+class _NoFlaskSessions(SessionInterface):
+    """Flask's session is never used: every request gets its null session."""
+
+    def open_session(self, app: Flask, request: Any) -> None:
+        return None
+
+    def save_session(self, app: Flask, session: Any, response: Any) -> None:
+        return None
 
 
 def _register_errors(app: Flask) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broker import make_broker, publish
-from shared.db import make_engine, make_sessionmaker
+from shared.db import ThreadConnections, make_engine, make_sessionmaker
 from shared.settings import Settings
 from shared.slots import Slots
 
@@ -37,6 +37,12 @@ class Services:
         return make_engine(
             self.settings.database_url, self.pool_size, self.pre_ping, self.autocommit
         )
+
+    @cached_property
+    def connections(self) -> ThreadConnections:
+        """One kept-open connection per thread, for worker threads' single statements."""
+        assert self.settings.database_url, "AGX_DATABASE_URL is not set"
+        return ThreadConnections(self.settings.database_url)
 
     @cached_property
     def Session(self) -> sessionmaker[Session]:  # noqa: N802 - it is a session factory
@@ -68,6 +74,8 @@ class Services:
         """Release connections (engine pool, Redis, broker)."""
         if "engine" in self.__dict__:
             self.engine.dispose()
+        if "connections" in self.__dict__:
+            self.connections.close()
         if "redis" in self.__dict__:
             self.redis.close()
         if "broker" in self.__dict__:

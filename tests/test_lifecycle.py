@@ -76,23 +76,21 @@ def test_waiting_executions_hold_no_worker_thread(services, make_agent, processe
 def test_a_worker_survives_postgresql_dropping_its_pooled_connection(
     settings, services, make_agent
 ):
-    """A pooled connection that PostgreSQL closed (a restart, an idle timeout) costs one retry
-    on a fresh connection, not the execution."""
+    """A worker thread's connection that PostgreSQL closed (a restart, an idle timeout) costs
+    one retry on a fresh connection, not the execution."""
     make_agent("demo")
     worker = Services(settings, pool_size=1, pre_ping=False, autocommit=True)
     executor = Executor(worker)
     try:
         first = submit_execution(services, "demo", "first").execution.id
         executor.handle(first, "demo")
-        with driver_connection(worker.engine) as conn:  # the pool's only connection
-            pid = conn.info.backend_pid
+        pid = executor.db.get().info.backend_pid  # this thread's connection
         with services.engine.connect() as admin:
             admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         second = submit_execution(services, "demo", "second").execution.id
         executor.handle(second, "demo")
         assert statuses(services, [first, second]) == {first: "completed", second: "completed"}
-        with driver_connection(worker.engine) as conn:
-            assert conn.info.backend_pid != pid
+        assert executor.db.get().info.backend_pid != pid
     finally:
         worker.close()
 

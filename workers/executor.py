@@ -19,7 +19,6 @@ import redis
 
 from shared import dispatch, logs, metrics
 from shared.apikeys import hash_key, new_execution_token
-from shared.db import driver_connection
 from shared.events import EventWriter
 from shared.models import id_time_us
 from shared.rebuild import ensure_epoch
@@ -145,6 +144,7 @@ class Executor:
 
     def __init__(self, services: Services):
         self.services = services
+        self.db = services.connections  #: each worker thread's own connection
         self.stops = StopListener(services.redis)
         self.heartbeats = Heartbeats(services)
         self.groups = GroupRegistry.from_env()
@@ -249,15 +249,14 @@ class Executor:
         return cached[1]
 
     def _one_statement(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """Run `work` (one statement, autocommitted) on a pooled connection; once more on a
-        fresh connection if the pooled one had gone stale (PostgreSQL restarted since)."""
+        """Run `work` (one statement, autocommitted) on this thread's connection; once more on
+        a fresh connection if that one had gone stale (PostgreSQL restarted since)."""
         for tries_left in (1, 0):
-            conn = None
+            conn = self.db.get()
             try:
-                with driver_connection(self.services.engine) as conn:
-                    return work(conn)
+                return work(conn)
             except psycopg.OperationalError:
-                if not tries_left or conn is None or not conn.broken:
+                if not tries_left or not conn.broken:
                     raise
                 log.warning("database connection was stale; retrying once")
         raise AssertionError("unreachable")

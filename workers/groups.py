@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import threading
 
@@ -47,15 +46,14 @@ class GroupRegistry:
         with self._lock:
             try:
                 sock = self._connection()
-                poller = select.poll()
-                poller.register(sock, select.POLLIN | select.POLLHUP | select.POLLERR)
-                if not poller.poll(0):
-                    return True
-                sock.close()
-                self._sock = None
+                try:
+                    sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return True  # nothing to read: the guardian is there
+                self._drop()  # end of stream (or data it never sends): it is gone
                 return self._connection() is not None  # a guardian listening again
-            except OSError:
-                self._sock = None
+            except OSError:  # reset by a dead guardian, or none listening
+                self._drop()
                 return False
 
     def started(self, pgid: int) -> None:
@@ -74,7 +72,12 @@ class GroupRegistry:
                 self._connection().sendall(line.encode())
             except OSError:  # no guardian (it died): runs get a parent-death signal again
                 log.warning("the group guardian cannot be reached", exc_info=True)
-                self._sock = None
+                self._drop()
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
 
     def _connection(self) -> socket.socket:
         if self._sock is None or self._pid != os.getpid():
