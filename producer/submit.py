@@ -27,6 +27,8 @@ MAX_MESSAGE_BYTES = 100 * 1024  #: largest message accepted, in UTF-8 bytes
 MAX_SOURCE_CHARS = 200  #: the width of executions.source: a longer name is cut, never a 500
 #: Concurrent submissions to one agent that the lock-free path tolerates near queue_limit.
 LOCK_MARGIN = 256
+#: A timeout above this (PostgreSQL's integer) is judged against its agent before any INSERT.
+MAX_TIMEOUT_SECONDS = 2**31 - 1
 
 
 class Publication(StrEnum):
@@ -83,12 +85,20 @@ def validate_model(model: object, field: str = "model") -> str | None:
     return model
 
 
-def validate_timeout(timeout: object, agent: Any, field: str = "timeout_seconds") -> int | None:
-    """None, or whole seconds between 1 and the agent's own timeout_seconds."""
+def whole_seconds(timeout: object, field: str = "timeout_seconds") -> int | None:
+    """None, or an int (not a bool): what a timeout may be before its agent is known."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int):
         raise InvalidField(field, "must be a whole number of seconds")
+    return timeout
+
+
+def validate_timeout(timeout: object, agent: Any, field: str = "timeout_seconds") -> int | None:
+    """None, or whole seconds between 1 and the agent's own timeout_seconds."""
+    timeout = whole_seconds(timeout, field)
+    if timeout is None:
+        return None
     if not 1 <= timeout <= agent.timeout_seconds:
         raise InvalidField(field, f"must be between 1 and {agent.timeout_seconds} for this agent")
     return timeout
@@ -153,21 +163,22 @@ def _follow_last_turn(
         row["held_for"], row["queued_at"] = last.id, row["created_at"]
 
 
-def _row(agent: Any, message: str, model: str | None, **given: Any) -> dict[str, Any]:
-    """Every column of executions.COLUMNS for a new pending row."""
+def _row(agent_name: str, message: str, model: str | None, **given: Any) -> dict[str, Any]:
+    """Every column of executions.COLUMNS for a new pending row (model None: the agent's
+    default; queued_at is set where the agent's in-flight count is known)."""
     chat: ChatTurn | None = given.pop("chat")
     now = utcnow()
     return dict(
         id=new_id(),
-        agent_name=agent.name,
+        agent_name=agent_name,
         status=ExecutionStatus.pending.value,
         message=message,
-        model=model or agent.default_model,
+        model=model,
         chat_session_id=None if chat is None else chat.session_id,
         resume_session_id=chat.session_id if chat is not None and chat.resume else None,
         held_for=None,
         created_at=now,
-        queued_at=now if agent.in_flight >= agent.max_parallel_tasks else None,
+        queued_at=None,
         dispatched_at=now,
         attempt=0,
         **given,
@@ -190,31 +201,36 @@ def submit_execution(
     api_key_id: str | None = None,
 ) -> Submitted:
     """Validate, store the row `pending`, then publish its id (re-sent if that fails)."""
-    message = validate_message(message)
-    model = validate_model(model)
-    # Plain autocommit statements: a Session, BEGIN and COMMIT would cost more than the work.
+    timeout = whole_seconds(timeout_seconds)
+    row = _row(
+        agent_name,
+        validate_message(message),
+        validate_model(model),
+        chat=chat,
+        triggered_by=Trigger(triggered_by).value,
+        timeout_seconds=timeout,
+        source=None if source is None else source[:MAX_SOURCE_CHARS],
+        schedule_id=schedule_id,
+        scheduled_for=scheduled_for,
+        parent_execution_id=parent_execution_id,
+        api_key_id=api_key_id,
+    )
+    # Far from the limit: no lock, so one agent's submissions run in parallel, and one
+    # autocommitted statement reads the agent and stores the row.
+    fast = chat is None and (timeout is None or 1 <= timeout <= MAX_TIMEOUT_SECONDS)
     with driver_connection(services.engine) as conn:
-        agent = _agent(conn, agent_name)
-        refuse_if_full(agent, agent.in_flight)
-        row = _row(
-            agent,
-            message,
-            model,
-            chat=chat,
-            triggered_by=Trigger(triggered_by).value,
-            timeout_seconds=validate_timeout(timeout_seconds, agent),
-            source=None if source is None else source[:MAX_SOURCE_CHARS],
-            schedule_id=schedule_id,
-            scheduled_for=scheduled_for,
-            parent_execution_id=parent_execution_id,
-            api_key_id=api_key_id,
-        )
-        # Far from the limit: no lock, so one agent's submissions run in parallel.
-        limit = agent.max_parallel_tasks + agent.queue_limit
-        fast = chat is None and agent.in_flight + LOCK_MARGIN < limit
         if fast:
-            executions.insert(conn, row)
-    if not fast:  # after giving that connection back: never hold two from the pool at once
+            agent = executions.insert_if_room(conn, row, LOCK_MARGIN)
+        else:
+            agent = agents.for_submit(conn, agent_name)
+    if agent is None:
+        raise NotFound(f"agent '{agent_name}' does not exist")
+    if fast and agent.inserted:
+        row["model"], row["queued_at"] = agent.stored_model, agent.stored_queued_at
+    else:  # full, a timeout beyond the agent's, near the limit, or a chat turn
+        refuse_if_full(agent, agent.in_flight)
+        validate_timeout(timeout, agent)
+        row["model"] = row["model"] or agent.default_model
         _insert_exactly(services, agent, row, chat)
     execution = NewExecution(**row)
     if execution.held_for is not None:  # the end of the turn before it releases it
@@ -285,9 +301,9 @@ def _batch_row(
     so the FIFO keeps the batch's order."""
     field = f"tasks.{index}."
     row = _row(
-        agent,
+        agent.name,
         validate_message(task.message, field + "message"),
-        validate_model(task.model, field + "model"),
+        validate_model(task.model, field + "model") or agent.default_model,
         chat=None,
         triggered_by=Trigger(trigger).value,
         timeout_seconds=validate_timeout(task.timeout_seconds, agent, field + "timeout_seconds"),

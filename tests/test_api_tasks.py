@@ -215,3 +215,23 @@ def test_the_queue_limit_is_exact_under_concurrent_submissions(services, make_ag
         thread.join()
     assert outcomes.count("accepted") == 6 and outcomes.count("refused") == 14
     assert _count(services) == 6
+
+
+@pytest.mark.parametrize("margin", [0, 10_000], ids=["one statement", "locked path"])
+def test_a_submission_takes_the_agents_default_model_and_is_stamped_queued_once_slots_are_full(
+    services, make_agent, monkeypatch, margin
+):
+    """Both ways a submission is stored (far from the limit, and near it under the agent's
+    lock) fill in the agent's default model and stamp queued_at when no slot is free."""
+    import producer.submit
+
+    monkeypatch.setattr(producer.submit, "LOCK_MARGIN", margin)
+    make_agent("demo", max_parallel_tasks=1, queue_limit=5, default_model="claude-default-1")
+    first = submit_execution(services, "demo", "one").execution
+    second = submit_execution(services, "demo", "two", model="claude-given-2").execution
+    with services.Session() as session:
+        stored = {e.id: e for e in session.query(Execution)}
+    assert (stored[first.id].model, first.model) == ("claude-default-1", "claude-default-1")
+    assert (stored[second.id].model, second.model) == ("claude-given-2", "claude-given-2")
+    assert stored[first.id].queued_at is None and first.queued_at is None
+    assert stored[second.id].queued_at == stored[second.id].created_at == second.queued_at

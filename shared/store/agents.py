@@ -11,15 +11,9 @@ from sqlalchemy.orm import Session
 
 from shared.db import one
 from shared.models import Agent
-from shared.store.executions import IN_FLIGHT_SQL, Conn
+from shared.store.executions import FOR_SUBMIT, IN_FLIGHT_SQL, Conn
 
 # The in-flight count reads the partial index ix_executions_in_flight (same predicate).
-_FOR_SUBMIT = (
-    "SELECT a.name, a.max_parallel_tasks, a.queue_limit, a.timeout_seconds, a.default_model,"
-    " (SELECT count(*) FROM executions e"
-    f"   WHERE e.agent_name = a.name AND e.{IN_FLIGHT_SQL}) AS in_flight"
-    " FROM agents a WHERE a.name = %(name)s"
-)
 _LOCK_KEY = "SELECT 1 FROM agents WHERE name = %(name)s FOR NO KEY UPDATE"
 _IN_FLIGHT = f"SELECT count(*) AS n FROM executions WHERE agent_name = %(name)s AND {IN_FLIGHT_SQL}"
 _RUN_CONFIG = (
@@ -53,7 +47,7 @@ _LOCKS: dict[str, Any] = {"update": True, "key share": {"key_share": True}}
 def for_submit(conn: Conn, name: str) -> Any:
     """What a submission checks (limits, timeout, default model) with the agent's in-flight
     count, or None when there is no such agent."""
-    return one(conn, _FOR_SUBMIT, {"name": name})
+    return one(conn, FOR_SUBMIT, {"agent_name": name})
 
 
 def lock_key(conn: Conn, name: str) -> None:

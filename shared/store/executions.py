@@ -86,6 +86,26 @@ _INSERT = (
     f"INSERT INTO executions ({', '.join(COLUMNS)})"
     f" VALUES ({', '.join(f'%({c})s' for c in COLUMNS)})"
 )
+#: What a submission checks of its agent, with the agent's in-flight count.
+FOR_SUBMIT = (
+    "SELECT a.name, a.max_parallel_tasks, a.queue_limit, a.timeout_seconds, a.default_model,"
+    f" (SELECT count(*) FROM executions e WHERE e.agent_name = a.name AND e.{IN_FLIGHT_SQL})"
+    " AS in_flight FROM agents a WHERE a.name = %(agent_name)s"
+)
+_STORED = {
+    "model": "coalesce(%(model)s, a.default_model)",
+    "queued_at": "CASE WHEN a.in_flight >= a.max_parallel_tasks THEN %(created_at)s END",
+}
+_INSERT_IF_ROOM = (
+    f"WITH a AS ({FOR_SUBMIT}), ins AS ("
+    f" INSERT INTO executions ({', '.join(COLUMNS)})"
+    f" SELECT {', '.join(_STORED.get(c, f'%({c})s') for c in COLUMNS)} FROM a"
+    " WHERE a.in_flight + %(margin)s < a.max_parallel_tasks + a.queue_limit"
+    " AND (%(timeout_seconds)s::integer IS NULL OR %(timeout_seconds)s <= a.timeout_seconds)"
+    " RETURNING model, queued_at, true AS inserted)"
+    " SELECT a.*, ins.model AS stored_model, ins.queued_at AS stored_queued_at,"
+    " coalesce(ins.inserted, false) AS inserted FROM a LEFT JOIN ins ON true"
+)
 _COPY = f"COPY executions ({', '.join(COLUMNS)}) FROM STDIN"
 _CLAIM_RETURNING = (
     "UPDATE executions SET status = 'running', attempt = attempt + 1, started_at = %(now)s,"
@@ -149,8 +169,23 @@ def insert(conn: Conn, row: dict[str, Any]) -> None:
     """INSERT a submitted row (every column of COLUMNS); the database's refusals become the
     errors callers handle: AlreadyFired for a due time that has its run, NotFound for an
     agent deleted since it was read."""
+    _refusals(one, conn, _INSERT, row)
+
+
+def insert_if_room(conn: Conn, row: dict[str, Any], margin: int) -> Any:
+    """In one statement: read the agent (what a submission checks, with its in-flight count)
+    and INSERT the row if the agent has room for `margin` more and the row's timeout is within
+    the agent's. The row's NULL model becomes the agent's default and its queued_at is set
+    when every slot is taken. Returns None when there is no such agent, else the agent's
+    (name, max_parallel_tasks, queue_limit, timeout_seconds, default_model, in_flight) and
+    `inserted`, with the stored `stored_model` and `stored_queued_at`."""
+    return _refusals(one, conn, _INSERT_IF_ROOM, {**row, "margin": margin})
+
+
+def _refusals(run: Any, conn: Conn, sql: str, row: dict[str, Any]) -> Any:
+    """Run an INSERT of a submitted row, turning the database's refusals into errors."""
     try:
-        one(conn, _INSERT, row)
+        return run(conn, sql, row)
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.constraint_name != "one_fire_per_due_time":
             raise
