@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import psycopg
+import redis
 
 from shared import dispatch
 from shared.agents import MODEL_PATTERN
@@ -163,6 +164,19 @@ def _follow_last_turn(
         row["held_for"], row["queued_at"] = last.id, row["created_at"]
 
 
+def _known_in_flight(services: Services, agent: str) -> int | None:
+    """The agent's executions in flight as Redis counts them (leases and waiters), in O(1):
+    enough to tell a submission is far from the queue limit, where counting the rows would
+    cost PostgreSQL time in proportion to the queue. None when Redis cannot say (away, or its
+    state lost): the rows are counted then. Redis does not know a chat turn held for the one
+    before it, nor a submission between its INSERT and its FIFO place: LOCK_MARGIN covers
+    those, and near the limit the rows are counted under the agent's lock."""
+    try:
+        return services.slots.in_flight(agent)
+    except redis.RedisError:
+        return None
+
+
 def _row(agent_name: str, message: str, model: str | None, **given: Any) -> dict[str, Any]:
     """Every column of executions.COLUMNS for a new pending row (model None: the agent's
     default; queued_at is set where the agent's in-flight count is known)."""
@@ -218,9 +232,10 @@ def submit_execution(
     # Far from the limit: no lock, so one agent's submissions run in parallel, and one
     # autocommitted statement reads the agent and stores the row.
     fast = chat is None and (timeout is None or 1 <= timeout <= MAX_TIMEOUT_SECONDS)
+    known = _known_in_flight(services, agent_name) if fast else None
     with driver_connection(services.engine) as conn:
         if fast:
-            agent = executions.insert_if_room(conn, row, LOCK_MARGIN)
+            agent = executions.insert_if_room(conn, row, LOCK_MARGIN, known)
         else:
             agent = agents.for_submit(conn, agent_name)
     if agent is None:

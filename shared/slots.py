@@ -190,6 +190,17 @@ class Slots:
         in_use, waiting, oldest = pipe.execute()
         return Usage(int(in_use), int(waiting), int(oldest[0][1]) if oldest else None)
 
+    def in_flight(self, agent: str) -> int | None:
+        """Leases (lapsed ones too, until purged) plus waiters: the agent's executions in
+        flight as Redis knows them, in O(1); None while Redis has lost its state (a rebuild is
+        due). Submissions use it to tell they are far from the queue limit."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(keys.slots(agent))
+        pipe.zcard(keys.waiting(agent))
+        pipe.exists(keys.epoch())
+        leases, waiting, restored = pipe.execute()
+        return int(leases) + int(waiting) if restored else None
+
     def position(self, agent: str, execution_id: str) -> int | None:
         """1-based place in the agent's waiting list, or None when not waiting."""
         rank: Any = self.client.zrank(keys.waiting(agent), execution_id)

@@ -235,3 +235,33 @@ def test_a_submission_takes_the_agents_default_model_and_is_stamped_queued_once_
     assert (stored[second.id].model, second.model) == ("claude-given-2", "claude-given-2")
     assert stored[first.id].queued_at is None and first.queued_at is None
     assert stored[second.id].queued_at == stored[second.id].created_at == second.queued_at
+
+
+def test_far_from_the_limit_a_submission_counts_in_flight_executions_in_redis(
+    settings, services, make_agent, redis_client
+):
+    """The lock-free path judges 'far from the queue limit' by Redis's leases and waiters (no
+    scan of the rows); while Redis lost its state, or cannot be reached, the rows are counted.
+    The count shows in queued_at: a submission is stamped waiting when every slot is taken."""
+    from shared import keys
+    from shared.slots import Waiter
+
+    make_agent("demo", max_parallel_tasks=2, queue_limit=1000)
+    phantoms = [Waiter("demo", f"phantom-{i}", i + 1) for i in range(3)]
+    services.slots.enqueue_many("demo", phantoms, 2)
+    assert services.slots.in_flight("demo") == 3
+    waits = submit_execution(services, "demo", "one").execution
+    assert waits.queued_at is not None, "3 in flight as Redis counts them: it waits"
+    redis_client.delete(keys.epoch())  # Redis lost its state: its count is not trusted
+    assert services.slots.in_flight("demo") is None
+    counted = submit_execution(services, "demo", "two").execution
+    assert counted.queued_at is None, "1 row in flight: a slot is free"
+    away = Services(replace(settings, redis_url="redis://127.0.0.1:1/0"), pool_size=1)
+    try:
+        third = submit_execution(away, "demo", "three").execution
+    finally:
+        away.close()
+    assert third.queued_at is not None, "2 rows in flight, counted: every slot is taken"
+    assert statuses(services, [waits.id, counted.id, third.id]) == dict.fromkeys(
+        [waits.id, counted.id, third.id], "pending"
+    )

@@ -96,15 +96,26 @@ _STORED = {
     "model": "coalesce(%(model)s, a.default_model)",
     "queued_at": "CASE WHEN a.in_flight >= a.max_parallel_tasks THEN %(created_at)s END",
 }
-_INSERT_IF_ROOM = (
-    f"WITH a AS ({FOR_SUBMIT}), ins AS ("
-    f" INSERT INTO executions ({', '.join(COLUMNS)})"
-    f" SELECT {', '.join(_STORED.get(c, f'%({c})s') for c in COLUMNS)} FROM a"
-    " WHERE a.in_flight + %(margin)s < a.max_parallel_tasks + a.queue_limit"
-    " AND (%(timeout_seconds)s::integer IS NULL OR %(timeout_seconds)s <= a.timeout_seconds)"
-    " RETURNING model, queued_at, true AS inserted)"
-    " SELECT a.*, ins.model AS stored_model, ins.queued_at AS stored_queued_at,"
-    " coalesce(ins.inserted, false) AS inserted FROM a LEFT JOIN ins ON true"
+
+
+def _insert_if_room_sql(agent: str) -> str:
+    """The statement of `insert_if_room`, reading the agent with `agent`."""
+    return (
+        f"WITH a AS ({agent}), ins AS ("
+        f" INSERT INTO executions ({', '.join(COLUMNS)})"
+        f" SELECT {', '.join(_STORED.get(c, f'%({c})s') for c in COLUMNS)} FROM a"
+        " WHERE a.in_flight + %(margin)s < a.max_parallel_tasks + a.queue_limit"
+        " AND (%(timeout_seconds)s::integer IS NULL OR %(timeout_seconds)s <= a.timeout_seconds)"
+        " RETURNING model, queued_at, true AS inserted)"
+        " SELECT a.*, ins.model AS stored_model, ins.queued_at AS stored_queued_at,"
+        " coalesce(ins.inserted, false) AS inserted FROM a LEFT JOIN ins ON true"
+    )
+
+
+_INSERT_IF_ROOM = _insert_if_room_sql(FOR_SUBMIT)
+_INSERT_IF_ROOM_GIVEN = _insert_if_room_sql(
+    "SELECT name, max_parallel_tasks, queue_limit, timeout_seconds, default_model,"
+    " %(in_flight)s::bigint AS in_flight FROM agents WHERE name = %(agent_name)s"
 )
 _COPY = f"COPY executions ({', '.join(COLUMNS)}) FROM STDIN"
 _CLAIM_RETURNING = (
@@ -172,14 +183,20 @@ def insert(conn: Conn, row: dict[str, Any]) -> None:
     _refusals(one, conn, _INSERT, row)
 
 
-def insert_if_room(conn: Conn, row: dict[str, Any], margin: int) -> Any:
-    """In one statement: read the agent (what a submission checks, with its in-flight count)
-    and INSERT the row if the agent has room for `margin` more and the row's timeout is within
-    the agent's. The row's NULL model becomes the agent's default and its queued_at is set
-    when every slot is taken. Returns None when there is no such agent, else the agent's
-    (name, max_parallel_tasks, queue_limit, timeout_seconds, default_model, in_flight) and
-    `inserted`, with the stored `stored_model` and `stored_queued_at`."""
-    return _refusals(one, conn, _INSERT_IF_ROOM, {**row, "margin": margin})
+def insert_if_room(
+    conn: Conn, row: dict[str, Any], margin: int, in_flight: int | None = None
+) -> Any:
+    """In one statement: read the agent (what a submission checks, with its in-flight count:
+    `in_flight` when given, else counted) and INSERT the row if the agent has room for `margin`
+    more and the row's timeout is within the agent's. The row's NULL model becomes the agent's
+    default and its queued_at is set when every slot is taken. Returns None when there is no
+    such agent, else the agent's (name, max_parallel_tasks, queue_limit, timeout_seconds,
+    default_model, in_flight) and `inserted`, with the stored `stored_model` and
+    `stored_queued_at`."""
+    if in_flight is None:
+        return _refusals(one, conn, _INSERT_IF_ROOM, {**row, "margin": margin})
+    params = {**row, "margin": margin, "in_flight": in_flight}
+    return _refusals(one, conn, _INSERT_IF_ROOM_GIVEN, params)
 
 
 def _refusals(run: Any, conn: Conn, sql: str, row: dict[str, Any]) -> Any:
