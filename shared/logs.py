@@ -45,8 +45,10 @@ def formatter(text_format: str = TEXT_FORMAT) -> logging.Formatter:
 
 
 def configure(level: int = logging.INFO) -> None:
-    """Set up the root logger of an agx process."""
+    """Set up the root logger of an agx process. pika's INFO lines (one set per connection:
+    every API and worker thread opens its own) are left out unless `level` asks for DEBUG."""
     logging.basicConfig(level=level)
+    logging.getLogger("pika").setLevel(level if level <= logging.DEBUG else logging.WARNING)
     reformat()
 
 

@@ -30,6 +30,8 @@ def prepare_multiproc(kind: str) -> Path:
 
 
 def forget_tree(folder: Path) -> None:
-    """Remove a tree's samples folder when the tree ends (one agx made for it only)."""
-    if folder.name.startswith("agx-metrics-"):
+    """Remove a tree's samples folder when the tree ends (one agx made for it only, and only
+    in the process that made it: a forked child, such as a gunicorn worker unwinding its copy
+    of the master's stack on exit, must not take the live processes' samples with it)."""
+    if folder.name.startswith("agx-metrics-") and folder.name.endswith(f"-{os.getpid()}"):
         shutil.rmtree(folder, ignore_errors=True)

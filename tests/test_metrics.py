@@ -110,3 +110,22 @@ def test_a_metrics_token_closes_the_scrape_to_others(services, admin_key, make_a
     assert ok.status_code == 200 and b"agx_slots_capacity" in ok.data
     with services.Session() as session:
         assert session.query(Execution).count() == 0
+
+
+def test_a_forked_child_leaving_does_not_remove_its_trees_samples(monkeypatch, tmp_path):
+    """gunicorn's workers are forks of the master: one that exits unwinds its copy of
+    `agx api`'s stack, clean-up included; the live processes' samples must stay."""
+    from shared.multiproc import MULTIPROC_ENV, forget_tree, prepare_multiproc
+
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    folder = prepare_multiproc("api")
+    (folder / "counter_1.db").write_bytes(b"")
+    child = os.fork()
+    if child == 0:  # the child: what an exiting gunicorn worker runs
+        forget_tree(folder)
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert (folder / "counter_1.db").exists()
+    forget_tree(folder)  # the tree's own process ends it
+    assert not folder.exists()
