@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
 import dramatiq
 from dramatiq.middleware import TimeLimit, default_middleware
 
 #: The one actor that runs executions; producers address it by name only.
 ACTOR_NAME = "run_execution"
 REDIS_NAMESPACE = "agx-dramatiq"  #: the Redis broker's key prefix
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 
 def make_broker(url: str) -> dramatiq.Broker:
@@ -73,3 +85,108 @@ def queue_depth(url: str, queue: str) -> tuple[int, int | None]:
         return int(client.llen(f"{REDIS_NAMESPACE}:{queue}")), None  # type: ignore[arg-type]
     finally:
         client.close()
+
+
+class BatchPublisher:
+    """Publishes several execution messages to RabbitMQ with publisher confirms, pipelined:
+    every message goes out, then the broker's acks are collected (a batch costs about one
+    round trip; Dramatiq's confirm mode waits for each message's ack before the next).
+
+    One connection per thread, of its own: pika's BlockingChannel waits for each confirm, so
+    the batch publishes on the asynchronous channel under it (`BlockingChannel._impl`, pika's
+    `Channel`) and lets the blocking connection pump the acks in. The messages are the ones
+    Dramatiq would send (same body, persistent, mandatory) to a queue declared the way
+    Dramatiq declares it.
+    """
+
+    def __init__(self, broker: RabbitmqBroker, url: str, timeout: float = 10.0):
+        import pika
+
+        self._broker, self._params, self._timeout = broker, pika.URLParameters(url), timeout
+        self._local = threading.local()
+
+    def publish(self, messages: Sequence[dramatiq.Message]) -> list[bool]:
+        """Publish; per message True once the broker acked it, False when it was nacked,
+        returned, or not confirmed (connection lost, or no answer within the timeout)."""
+        import pika.exceptions
+
+        if not messages:
+            return []
+        try:
+            for queue in {m.queue_name for m in messages}:
+                self._broker.declare_queue(queue, ensure=True)
+            return self._channel().send(messages, self._timeout)
+        except (pika.exceptions.AMQPError, dramatiq.errors.BrokerError, OSError):
+            log.warning("batch publish of %d messages failed", len(messages), exc_info=True)
+            self.close()
+            return [False] * len(messages)
+
+    def _channel(self) -> _ConfirmedChannel:
+        channel = getattr(self._local, "channel", None)
+        if channel is None or not channel.is_open:
+            channel = self._local.channel = _ConfirmedChannel(self._params)
+        return channel
+
+    def close(self) -> None:
+        """Close this thread's connection (the next batch opens another)."""
+        channel = getattr(self._local, "channel", None)
+        self._local.channel = None
+        if channel is not None:
+            channel.close()
+
+
+class _ConfirmedChannel:
+    """A connection and a channel in confirm mode whose acks are tracked by delivery tag."""
+
+    def __init__(self, params: Any):
+        import pika
+
+        self.conn = pika.BlockingConnection(params)
+        self.impl = self.conn.channel()._impl
+        self.pending: set[int] = set()  #: delivery tags published and not answered yet
+        self.outcome: dict[int, bool] = {}  #: delivery tag -> acked, until `send` reads it
+        self.returned: set[bytes] = set()
+        self.next_tag = 1
+        selected: list[bool] = []
+        self.impl.add_on_return_callback(lambda _ch, _m, _p, body: self.returned.add(body))
+        self.impl.confirm_delivery(self._on_confirm, callback=lambda _frame: selected.append(True))
+        self._pump(lambda: bool(selected), 10.0)
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self.conn.is_open and self.impl.is_open)
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        acked, last = method.NAME == "Basic.Ack", method.delivery_tag
+        answered = [t for t in self.pending if t <= last] if method.multiple else [last]
+        for tag in answered:
+            if tag in self.pending:
+                self.pending.discard(tag)
+                self.outcome[tag] = acked
+
+    def _pump(self, done: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            self.conn.process_data_events(time_limit=0.001)
+
+    def send(self, messages: Sequence[dramatiq.Message], timeout: float) -> list[bool]:
+        """Publish every message, then wait for their confirms."""
+        import pika
+
+        first, bodies = self.next_tag, [m.encode() for m in messages]
+        for message, body in zip(messages, bodies, strict=True):
+            properties = pika.BasicProperties(delivery_mode=2)
+            self.impl.basic_publish("", message.queue_name, body, properties, mandatory=True)
+        self.next_tag += len(messages)
+        tags = range(first, self.next_tag)
+        self.pending.update(tags)
+        self._pump(lambda: not self.pending, timeout)
+        if self.pending:  # no answer in time: this channel's count can no longer be trusted
+            raise TimeoutError(f"{len(self.pending)} publishes unconfirmed after {timeout} s")
+        answers = [self.outcome.pop(tag) for tag in tags]
+        return [ok and body not in self.returned for ok, body in zip(answers, bodies, strict=True)]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()

@@ -60,17 +60,30 @@ def enqueue_many(
     except Exception:  # Redis away: publish anyway; the worker's admission places them
         log.warning("could not enqueue %d for %s in Redis", len(waiters), agent, exc_info=True)
         answers = [(0, True)] * len(waiters)
+    fitting = [w.execution_id for w, (_, fits) in zip(waiters, answers, strict=True) if fits]
+    sent = dict(zip(fitting, _send_all(services, fitting, agent), strict=True))
     results: list[tuple[int | None, bool | None]] = []
     for waiter, (position, fits) in zip(waiters, answers, strict=True):
         if not fits:
             results.append((position, None))
             continue
-        published = send(services, waiter.execution_id, agent)
+        published = sent[waiter.execution_id]
         if not published:
             with contextlib.suppress(Exception):  # then the reaper's promotion sends it
                 services.slots.forget_notice(agent, waiter.execution_id)
         results.append((None, published))
     return results
+
+
+def _send_all(services: Services, execution_ids: list[str], agent: str) -> list[bool]:
+    """Publish several ids: confirmed together on RabbitMQ, one by one otherwise."""
+    if len(execution_ids) > 1 and services.batches is not None:
+        sent = services.publish_many([(eid, agent) for eid in execution_ids])
+        for eid, ok in zip(execution_ids, sent, strict=True):
+            if not ok:
+                log.warning("publish of execution %s failed; the reaper will re-send it", eid)
+        return sent
+    return [send(services, eid, agent) for eid in execution_ids]
 
 
 def release_held(services: Services, execution_id: str) -> list[str]:

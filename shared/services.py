@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -11,7 +12,7 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.broker import make_broker, publish
+from shared.broker import BatchPublisher, execution_message, make_broker, publish
 from shared.db import ThreadConnections, make_engine, make_sessionmaker
 from shared.settings import Settings
 from shared.slots import Slots
@@ -66,6 +67,21 @@ class Services:
         with self._lock:
             return make_broker(self.settings.effective_broker_url)
 
+    @cached_property
+    def batches(self) -> BatchPublisher | None:
+        """Confirmed batch publishing on RabbitMQ (None on the Redis broker)."""
+        url = self.settings.effective_broker_url
+        if not url.startswith(("amqp://", "amqps://")):
+            return None
+        return BatchPublisher(self.broker, url)  # type: ignore[arg-type]
+
+    def publish_many(self, items: Sequence[tuple[str, str | None]]) -> list[bool]:
+        """Publish (execution id, agent) pairs, confirmed together on RabbitMQ: per pair,
+        whether the broker took it (never raises)."""
+        messages = [execution_message(self.settings.queue, eid, agent) for eid, agent in items]
+        assert self.batches is not None, "batches are for RabbitMQ"
+        return self.batches.publish(messages)
+
     def publish(self, execution_id: str, agent: str | None = None) -> None:
         """Publish an execution id to the executions queue (raises when not confirmed)."""
         publish(self.broker, self.settings.queue, execution_id, agent)
@@ -78,5 +94,7 @@ class Services:
             self.connections.close()
         if "redis" in self.__dict__:
             self.redis.close()
+        if self.__dict__.get("batches") is not None:
+            self.batches.close()  # type: ignore[union-attr]
         if "broker" in self.__dict__:
             self.broker.close()

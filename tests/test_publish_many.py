@@ -1,0 +1,63 @@
+"""Bulk publishes: confirmed together on RabbitMQ, in order, and never an error for the caller."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import dramatiq
+import pika
+import pytest
+
+from producer import Task, submit_many
+from shared.broker import ACTOR_NAME
+from shared.services import Services
+from tests.conftest import queued_messages
+
+
+def _drain(settings, count: int) -> list[dramatiq.Message]:
+    """Take `count` messages off the executions queue, in order."""
+    conn = pika.BlockingConnection(pika.URLParameters(settings.effective_broker_url))
+    try:
+        channel = conn.channel()
+        taken = []
+        for _ in range(count):
+            _method, _props, body = channel.basic_get(settings.queue, auto_ack=True)
+            assert body is not None, f"only {len(taken)} messages of {count}"
+            taken.append(dramatiq.Message.decode(body))
+        return taken
+    finally:
+        conn.close()
+
+
+def test_a_batch_is_confirmed_and_arrives_in_order_as_the_workers_read_it(settings, services):
+    if services.batches is None:
+        pytest.skip("batches are RabbitMQ's (the Redis broker publishes one by one)")
+    ids = [f"ex-{i:03d}" for i in range(300)]
+    assert services.publish_many([(eid, "demo") for eid in ids]) == [True] * 300
+    assert services.publish_many([(eid, "demo") for eid in ids[:2]]) == [True, True]
+    messages = _drain(settings, 302)
+    assert [list(m.args) for m in messages[:300]] == [[eid, "demo"] for eid in ids]
+    assert {m.actor_name for m in messages} == {ACTOR_NAME}
+    assert {m.queue_name for m in messages} == {settings.queue}
+
+
+def test_a_batch_the_broker_cannot_take_is_false_for_each_never_an_error(settings):
+    if not settings.effective_broker_url.startswith("amqp"):
+        pytest.skip("batches are RabbitMQ's")
+    away = Services(replace(settings, broker_url="amqp://guest:guest@127.0.0.1:1/%2F"))
+    try:
+        assert away.publish_many([("ex-1", "demo"), ("ex-2", "demo")]) == [False, False]
+    finally:
+        away.close()
+
+
+def test_a_bulk_submission_publishes_those_that_fit_free_slots_and_parks_the_rest(
+    settings, services, make_agent
+):
+    make_agent("demo", max_parallel_tasks=40, queue_limit=100)
+    submitted = submit_many(services, "demo", [Task(f"task {i}") for i in range(60)])
+    assert [s.publication.value for s in submitted] == ["sent"] * 40 + ["parked"] * 20
+    assert queued_messages(settings) == 40
+    if settings.effective_broker_url.startswith("amqp"):
+        sent = [m.args[0] for m in _drain(settings, 40)]
+        assert sent == [s.execution.id for s in submitted[:40]]
