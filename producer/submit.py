@@ -215,11 +215,12 @@ def submit_execution(
     api_key_id: str | None = None,
 ) -> Submitted:
     """Validate, store the row `pending`, then publish its id (re-sent if that fails)."""
+    message, model = validate_message(message), validate_model(model)
     timeout = whole_seconds(timeout_seconds)
     row = _row(
         agent_name,
-        validate_message(message),
-        validate_model(model),
+        message,
+        model,
         chat=chat,
         triggered_by=Trigger(triggered_by).value,
         timeout_seconds=timeout,
@@ -242,9 +243,8 @@ def submit_execution(
         raise NotFound(f"agent '{agent_name}' does not exist")
     if fast and agent.inserted:
         row["model"], row["queued_at"] = agent.stored_model, agent.stored_queued_at
-    else:  # full, a timeout beyond the agent's, near the limit, or a chat turn
-        refuse_if_full(agent, agent.in_flight)
-        validate_timeout(timeout, agent)
+    else:  # near or at the limit, a timeout beyond the agent's, or a chat turn
+        validate_timeout(timeout, agent)  # the limit is judged by the rows, under the lock
         row["model"] = row["model"] or agent.default_model
         _insert_exactly(services, agent, row, chat)
     execution = NewExecution(**row)

@@ -265,3 +265,18 @@ def test_far_from_the_limit_a_submission_counts_in_flight_executions_in_redis(
     assert statuses(services, [waits.id, counted.id, third.id]) == dict.fromkeys(
         [waits.id, counted.id, third.id], "pending"
     )
+
+
+def test_redis_counting_more_than_the_rows_never_refuses_a_submission(services, make_agent):
+    """Redis may count more than the rows (a lapsed lease not yet purged, a stale waiter): the
+    queue limit is only ever refused by the rows, counted under the agent's lock."""
+    from shared.errors import QueueFull
+    from shared.slots import Waiter
+
+    make_agent("demo", max_parallel_tasks=1, queue_limit=2)
+    phantoms = [Waiter("demo", f"phantom-{i}", i + 1) for i in range(5)]
+    services.slots.enqueue_many("demo", phantoms, 1)
+    accepted = [submit_execution(services, "demo", f"task {i}").execution.id for i in range(3)]
+    assert len(set(statuses(services, accepted).values())) == 1
+    with pytest.raises(QueueFull):
+        submit_execution(services, "demo", "one too many")
