@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +31,9 @@ MAX_SOURCE_CHARS = 200  #: the width of executions.source: a longer name is cut,
 LOCK_MARGIN = 256
 #: A timeout above this (PostgreSQL's integer) is judged against its agent before any INSERT.
 MAX_TIMEOUT_SECONDS = 2**31 - 1
+#: How long this process remembers that an agent's whole limit is within LOCK_MARGIN (so its
+#: submissions go straight to the locked path, without the lock-free attempt).
+SMALL_LIMIT_SECONDS = 2.0
 
 
 class Publication(StrEnum):
@@ -164,6 +168,47 @@ def _follow_last_turn(
         row["held_for"], row["queued_at"] = last.id, row["created_at"]
 
 
+def _store(services: Services, row: dict[str, Any], chat: ChatTurn | None) -> Any:
+    """Store the row (filling in its model and queued_at) and return its agent's settings.
+
+    Far from the limit: no lock, so one agent's submissions run in parallel, and one
+    autocommitted statement reads the agent and stores the row. Near or at the limit, with a
+    timeout beyond the agent's, or for a chat turn: the rows are counted under the lock."""
+    timeout, name = row["timeout_seconds"], row["agent_name"]
+    fast = chat is None and (timeout is None or 1 <= timeout <= MAX_TIMEOUT_SECONDS)
+    fast = fast and not _small_limit(services, name)
+    known = _known_in_flight(services, name) if fast else None
+    with driver_connection(services.engine) as conn:
+        if fast:
+            agent = executions.insert_if_room(conn, row, LOCK_MARGIN, known)
+        else:
+            agent = agents.for_submit(conn, name)
+    if agent is None:
+        raise NotFound(f"agent '{name}' does not exist")
+    _note_limit(services, agent)
+    if fast and agent.inserted:
+        row["model"], row["queued_at"] = agent.stored_model, agent.stored_queued_at
+        return agent
+    validate_timeout(timeout, agent)
+    row["model"] = row["model"] or agent.default_model
+    _insert_exactly(services, agent, row, chat)
+    return agent
+
+
+def _small_limit(services: Services, agent: str) -> bool:
+    """Whether the agent's limit was seen within LOCK_MARGIN lately (the default 3 + 100 is):
+    its submissions always end on the locked path."""
+    seen = services.small_limits.get(agent)
+    return seen is not None and time.monotonic() - seen < SMALL_LIMIT_SECONDS
+
+
+def _note_limit(services: Services, agent: Any) -> None:
+    if agent.max_parallel_tasks + agent.queue_limit <= LOCK_MARGIN:
+        services.small_limits[agent.name] = time.monotonic()
+    else:
+        services.small_limits.pop(agent.name, None)
+
+
 def _known_in_flight(services: Services, agent: str) -> int | None:
     """The agent's executions in flight as Redis counts them (leases and waiters), in O(1):
     enough to tell a submission is far from the queue limit, where counting the rows would
@@ -230,23 +275,7 @@ def submit_execution(
         parent_execution_id=parent_execution_id,
         api_key_id=api_key_id,
     )
-    # Far from the limit: no lock, so one agent's submissions run in parallel, and one
-    # autocommitted statement reads the agent and stores the row.
-    fast = chat is None and (timeout is None or 1 <= timeout <= MAX_TIMEOUT_SECONDS)
-    known = _known_in_flight(services, agent_name) if fast else None
-    with driver_connection(services.engine) as conn:
-        if fast:
-            agent = executions.insert_if_room(conn, row, LOCK_MARGIN, known)
-        else:
-            agent = agents.for_submit(conn, agent_name)
-    if agent is None:
-        raise NotFound(f"agent '{agent_name}' does not exist")
-    if fast and agent.inserted:
-        row["model"], row["queued_at"] = agent.stored_model, agent.stored_queued_at
-    else:  # near or at the limit, a timeout beyond the agent's, or a chat turn
-        validate_timeout(timeout, agent)  # the limit is judged by the rows, under the lock
-        row["model"] = row["model"] or agent.default_model
-        _insert_exactly(services, agent, row, chat)
+    agent = _store(services, row, chat)
     execution = NewExecution(**row)
     if execution.held_for is not None:  # the end of the turn before it releases it
         return Submitted(execution, None, Publication.held)

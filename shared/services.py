@@ -29,6 +29,9 @@ class Services:
     pre_ping: bool = True
     #: every statement its own transaction (for callers that only ever write one at a time)
     autocommit: bool = False
+    #: agents whose whole queue limit the producer lately saw within its lock margin -> when
+    #: (their submissions go straight to the locked path: producer/submit.py)
+    small_limits: dict[str, float] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @cached_property

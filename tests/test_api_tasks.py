@@ -280,3 +280,22 @@ def test_redis_counting_more_than_the_rows_never_refuses_a_submission(services, 
     assert len(set(statuses(services, accepted).values())) == 1
     with pytest.raises(QueueFull):
         submit_execution(services, "demo", "one too many")
+
+
+def test_an_agent_whose_whole_limit_is_small_is_always_judged_by_its_rows(
+    services, make_agent, monkeypatch
+):
+    """The default limit (3 + 100) is within LOCK_MARGIN: submissions go to the locked path
+    (rows counted), and once the limit is raised past it they take the lock-free one again."""
+    import producer.submit
+    from shared.slots import Waiter
+
+    monkeypatch.setattr(producer.submit, "SMALL_LIMIT_SECONDS", 0.0)
+    agent = make_agent("demo", max_parallel_tasks=2, queue_limit=100)
+    services.slots.enqueue_many("demo", [Waiter("demo", f"p-{i}", i + 1) for i in range(3)], 2)
+    by_rows = submit_execution(services, "demo", "one").execution
+    assert by_rows.queued_at is None, "0 rows in flight: a slot is free (Redis says 3)"
+    with services.Session.begin() as session:
+        session.get(type(agent), "demo").queue_limit = 1000
+    by_redis = submit_execution(services, "demo", "two").execution
+    assert by_redis.queued_at is not None, "3 waiters as Redis counts them: it waits"

@@ -324,9 +324,7 @@ def run_agent(
     seconds after which it wants to be called again even if no output comes (so a batch of
     events can wait for company, but not for ever). An exception from a callback kills the
     group and propagates. `die_with_parent=False` skips the parent-death signal: only for a
-    caller that kills every run it starts by other means if it dies (agx's workers, while
-    their pool's guardian answers: workers/groups.py).
-    """
+    caller that kills its runs by other means if it dies (workers under a live guardian)."""
     started = time.monotonic()
     lines = _LineSplitter(on_line, max_line_bytes, max_total_bytes)
     tail = _Tail(STDERR_TAIL_BYTES)
