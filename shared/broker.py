@@ -96,7 +96,10 @@ class BatchPublisher:
     the batch publishes on the asynchronous channel under it (`BlockingChannel._impl`, pika's
     `Channel`) and lets the blocking connection pump the acks in. The messages are the ones
     Dramatiq would send (same body, persistent, mandatory) to a queue declared the way
-    Dramatiq declares it.
+    Dramatiq declares it. A batch that fails is tried once more on a fresh connection (RabbitMQ
+    drops one whose heartbeats went unanswered while it sat idle); a message the broker had
+    already taken before the failure may then arrive twice, which the worker's claim of the row
+    makes harmless.
     """
 
     def __init__(self, broker: RabbitmqBroker, url: str, timeout: float = 10.0):
@@ -112,14 +115,16 @@ class BatchPublisher:
 
         if not messages:
             return []
-        try:
-            for queue in {m.queue_name for m in messages}:
-                self._broker.declare_queue(queue, ensure=True)
-            return self._channel().send(messages, self._timeout)
-        except (pika.exceptions.AMQPError, dramatiq.errors.BrokerError, OSError):
-            log.warning("batch publish of %d messages failed", len(messages), exc_info=True)
-            self.close()
-            return [False] * len(messages)
+        for tries_left in (1, 0):  # a connection kept idle may have been dropped: once more
+            try:
+                for queue in {m.queue_name for m in messages}:
+                    self._broker.declare_queue(queue, ensure=True)
+                return self._channel().send(messages, self._timeout)
+            except (pika.exceptions.AMQPError, dramatiq.errors.BrokerError, OSError):
+                self.close()
+                if not tries_left:
+                    log.warning("batch publish of %d failed", len(messages), exc_info=True)
+        return [False] * len(messages)
 
     def _channel(self) -> _ConfirmedChannel:
         channel = getattr(self._local, "channel", None)

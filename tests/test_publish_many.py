@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import dramatiq
@@ -61,3 +62,22 @@ def test_a_bulk_submission_publishes_those_that_fit_free_slots_and_parks_the_res
     if settings.effective_broker_url.startswith("amqp"):
         sent = [m.args[0] for m in _drain(settings, 40)]
         assert sent == [s.execution.id for s in submitted[:40]]
+
+
+def test_a_batch_connection_that_died_while_idle_is_replaced_and_nothing_is_lost(settings):
+    """RabbitMQ drops a connection whose heartbeats went unanswered while it sat idle: the next
+    batch goes out on a fresh one, each message once."""
+    if not settings.effective_broker_url.startswith("amqp"):
+        pytest.skip("batches are RabbitMQ's")
+    url = settings.effective_broker_url
+    fast = Services(
+        replace(settings, broker_url=url + ("&" if "?" in url else "?") + "heartbeat=1")
+    )
+    try:
+        assert fast.publish_many([("ex-1", "a"), ("ex-2", "a")]) == [True, True]
+        time.sleep(4)  # one-second heartbeats, none answered: the connection is dropped
+        assert fast.publish_many([("ex-3", "a"), ("ex-4", "a")]) == [True, True]
+    finally:
+        fast.close()
+    assert [m.args[0] for m in _drain(settings, 4)] == ["ex-1", "ex-2", "ex-3", "ex-4"]
+    assert queued_messages(settings) == 0, "each once"
