@@ -144,7 +144,7 @@ def queue_info(amqp_url: str, queue: str) -> tuple[int, int]:
             conn.close()
 
 
-class TimedOut(RuntimeError):
+class TimedOut(TimeoutError):
     """A wait ran past its deadline."""
 
 

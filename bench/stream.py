@@ -76,7 +76,7 @@ import websocket  # noqa: E402
 
 from agx import procs  # noqa: E402
 from agx.embedded import free_port  # noqa: E402
-from bench.measure import group_cpu  # noqa: E402
+from bench.measure import group_cpu, pct, wait_until  # noqa: E402
 from shared.settings import normalize_database_url  # noqa: E402
 
 AGENT_NAME = "bench-stream"
@@ -133,23 +133,6 @@ def kill_marked(tag: str) -> None:
     for pid in _marked(tag):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 # --- the subscribers -------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def make_engine(
     )
     if pre_ping:
         event.listen(engine, "checkin", _stamp_checkin)
-        event.listen(engine, "checkout", _ping_if_idle)
+        event.listen(engine, "checkout", _ping_if_idle(engine))
     return engine
 
 
@@ -56,19 +56,22 @@ def _stamp_checkin(_dbapi: Any, record: Any) -> None:
     record.info["checked_in"] = time.monotonic()
 
 
-def _ping_if_idle(dbapi: psycopg.Connection[Any], record: Any, _proxy: Any) -> None:
-    """Raise DisconnectionError (the pool then connects afresh) for a connection that sat idle
-    and no longer answers."""
-    if time.monotonic() - record.info.get("checked_in", 0.0) <= PING_AFTER_IDLE_SECONDS:
-        return
-    try:
-        if dbapi.closed or dbapi.broken:
-            raise psycopg.OperationalError("connection closed")
-        dbapi.execute("SELECT 1")
-        if not dbapi.autocommit:
-            dbapi.rollback()  # leave no transaction open behind the ping
-    except psycopg.Error as exc:
-        raise DisconnectionError(str(exc)) from exc
+def _ping_if_idle(engine: Engine) -> Any:
+    """The checkout hook: a connection that sat idle is pinged the way `pool_pre_ping` would
+    (the dialect's own ping); one that no longer answers raises DisconnectionError, and the
+    pool connects afresh."""
+
+    def check(dbapi: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("checked_in", 0.0) <= PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi)
+        except psycopg.Error as exc:
+            raise DisconnectionError(str(exc)) from exc
+        if not alive:
+            raise DisconnectionError("the connection did not answer its ping")
+
+    return check
 
 
 @contextmanager

@@ -180,7 +180,7 @@ def insert(conn: Conn, row: dict[str, Any]) -> None:
     """INSERT a submitted row (every column of COLUMNS); the database's refusals become the
     errors callers handle: AlreadyFired for a due time that has its run, NotFound for an
     agent deleted since it was read."""
-    _refusals(one, conn, _INSERT, row)
+    _refusals(conn, _INSERT, row)
 
 
 def insert_if_room(
@@ -194,15 +194,15 @@ def insert_if_room(
     default_model, in_flight) and `inserted`, with the stored `stored_model` and
     `stored_queued_at`."""
     if in_flight is None:
-        return _refusals(one, conn, _INSERT_IF_ROOM, {**row, "margin": margin})
+        return _refusals(conn, _INSERT_IF_ROOM, {**row, "margin": margin})
     params = {**row, "margin": margin, "in_flight": in_flight}
-    return _refusals(one, conn, _INSERT_IF_ROOM_GIVEN, params)
+    return _refusals(conn, _INSERT_IF_ROOM_GIVEN, params)
 
 
-def _refusals(run: Any, conn: Conn, sql: str, row: dict[str, Any]) -> Any:
+def _refusals(conn: Conn, sql: str, row: dict[str, Any]) -> Any:
     """Run an INSERT of a submitted row, turning the database's refusals into errors."""
     try:
-        return run(conn, sql, row)
+        return one(conn, sql, row)
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.constraint_name != "one_fire_per_due_time":
             raise
