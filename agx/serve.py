@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
 
 #: gunicorn refuses, before the app sees them and as text/html (not the API's JSON errors), a
 #: request line over this (414), more header fields than this (431) or a longer field (431).
@@ -12,6 +14,39 @@ from gunicorn.app.base import BaseApplication
 LIMIT_REQUEST_LINE = 4094
 LIMIT_REQUEST_FIELDS = 100
 LIMIT_REQUEST_FIELD_SIZE = 8190
+
+#: How long a thread that answered a request on a kept-alive connection waits for the next
+#: request on it before handing the connection back to the process's poller.
+NEXT_REQUEST_SECONDS = 0.005
+
+
+class ApiWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's threaded worker, except that a thread that answered a request on a kept-alive
+    connection serves the client's next request itself when it comes within
+    NEXT_REQUEST_SECONDS. gthread hands a kept-alive connection back to its main thread's
+    poller after every request, and from there to a pool thread again when the next one
+    comes: four thread hand-offs a request, about a fifth of the API's CPU when a service
+    sends requests back to back. An idle connection is handed back as before (it holds no
+    thread), and a stopping worker serves no further request this way."""
+
+    def handle(self, conn: Any) -> Any:
+        keep = super().handle(conn)
+        while keep is True and self.alive and not conn.is_http2 and _next_request(conn):
+            keep = super().handle(conn)
+        return keep
+
+
+def _next_request(conn: Any) -> bool:
+    """Whether the connection has, or gets within NEXT_REQUEST_SECONDS, bytes to read: the
+    next request, or the client's close (which the next `handle` answers by closing)."""
+    if conn.parser.unreader.buf.getvalue():  # read ahead with the previous request
+        return True
+    poller = select.poll()
+    try:
+        poller.register(conn.sock, select.POLLIN)
+    except (OSError, ValueError):  # the socket was closed under us (a websocket's end)
+        return False
+    return bool(poller.poll(NEXT_REQUEST_SECONDS * 1000))
 
 
 class ApiServer(BaseApplication):  # type: ignore[misc]
@@ -22,7 +57,7 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
             "bind": bind,
             "workers": workers,
             "threads": threads,
-            "worker_class": "gthread",
+            "worker_class": "agx.serve.ApiWorker",
             "timeout": 0,
             "graceful_timeout": 5,
             "keepalive": 5,

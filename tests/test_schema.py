@@ -42,3 +42,50 @@ def test_every_migration_downgrades_and_upgrades_again(settings):
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def _plans(conn, sql: str, params: dict) -> list[str]:
+    """The plan's lines, as planned for these values and as a prepared statement's generic plan
+    (psycopg prepares a statement it runs often)."""
+    plans = []
+    for mode in ("force_custom_plan", "force_generic_plan"):
+        with conn.transaction():
+            conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+            plans.append([row[0] for row in conn.execute("EXPLAIN " + sql, params)])
+    return [line for plan in plans for line in plan]
+
+
+def test_writes_to_one_execution_find_it_by_primary_key_at_any_depth(services, make_agent):
+    """A claim, a terminal write, a heartbeat and a parking stamp read one row, however many
+    executions are in flight: with the agent's 600 queued and 200 running, on the statistics
+    of an emptied table, each plan (for its values, and generic) goes in by the primary key."""
+    from shared.db import driver_connection
+    from shared.models import new_id, utcnow
+    from shared.store import executions as store
+
+    make_agent("deep")
+    now = utcnow()
+    rows = [
+        {column: None for column in store.COLUMNS}
+        | {"id": new_id(), "agent_name": "deep", "status": "pending", "attempt": 0}
+        | {"triggered_by": "manual", "message": "m", "created_at": now}
+        for _ in range(800)
+    ]
+    target = rows[400]["id"]
+    with driver_connection(services.engine) as conn:
+        store.insert_many(conn, rows)
+        for row in rows[:200]:
+            store.claim_returning(conn, row["id"], "deep", "w", None)
+        outcome = {name: None for name in store.OUTCOME_FIELDS}
+        writes = {
+            store._CLAIM_RETURNING: {"id": target, "agent": "deep", "now": now}
+            | {"worker": "w", "token_hash": None},
+            store._FINISH: outcome
+            | {"id": target, "attempt": 1, "status": "completed", "now": now, "stopped": "s"},
+            store._HEARTBEAT: {"id": target, "attempt": 1, "now": now},
+            store._QUEUED: {"id": target, "now": now},
+        }
+        for sql, params in writes.items():
+            plan = _plans(conn, sql, params)
+            scans = [line for line in plan if "Scan" in line and " on executions" in line]
+            assert scans and all("using executions_pkey" in line for line in scans), (sql, plan)
