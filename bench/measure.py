@@ -95,10 +95,32 @@ def cpu_snapshot(groups: Mapping[str, int], agents_of: str | None = None) -> dic
         totals["agents" if kind == agents_of else kind] += reaped
     mine = os.times()
     totals["bench"] = mine.user + mine.system
+    totals["machine"] = machine_busy()
+    return totals
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent so far (all but idle and iowait)."""
     with open("/proc/stat") as f:
         cpu = [int(x) for x in f.readline().split()[1:]]
-    totals["machine"] = (sum(cpu) - cpu[3] - cpu[4]) / tick
-    return totals
+    return (sum(cpu) - cpu[3] - cpu[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(db_url: str, quiet_cpus: float = 0.2, window: float = 1.0, timeout: float = 60) -> float:
+    """Before a side: VACUUM ANALYZE the bench database (what an earlier side wrote is not
+    vacuumed by autovacuum during this one, and every side plans on fresh statistics), then
+    wait until the machine has been quiet (under `quiet_cpus` CPUs busy) for `window` seconds,
+    at most `timeout`. Without it the side that ran second was measured up to 20% slower
+    than when it ran first (the first side's clean-up ran meanwhile). Returns seconds waited."""
+    started = time.monotonic()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+    while time.monotonic() - started < timeout:
+        before = machine_busy()
+        time.sleep(window)
+        if machine_busy() - before < quiet_cpus * window:
+            break
+    return time.monotonic() - started
 
 
 def kill_marked(marker: str) -> None:

@@ -63,6 +63,7 @@ from bench.measure import (  # noqa: E402
     ms,
     pct,
     queue_info,
+    settle,
     wait_until,
 )
 from shared.db import migrate  # noqa: E402
@@ -110,6 +111,7 @@ class Result:
     runs_per_message: Counter[str] = field(default_factory=Counter)
     leftover: int = 0  # messages still in the queue once every row is terminal
     cpu: dict[str, float] = field(default_factory=dict)  # CPU s under load by process kind
+    submit_span: float = math.nan  # s from the first submit call to the last return
 
     @property
     def finished(self) -> int:
@@ -122,10 +124,26 @@ class Result:
     @property
     def submit_rate(self) -> float:
         """Submissions per second while the submitters ran (first call to last return)."""
-        if not self.load:
-            return math.nan
-        span = max(r.returned for r in self.load) - min(r.submitted for r in self.load)
-        return len(self.load) / span if span > 0 else math.nan
+        return len(self.load) / self.submit_span if self.submit_span > 0 else math.nan
+
+
+def merged(rounds: list[Result]) -> Result:
+    """One side's rounds as one result: the runs together (their messages told apart by
+    round), wall time, submit time and CPU summed, so exec/s is every round's executions over
+    every round's time."""
+    total = Result(rounds[0].name, wall=0.0, submit_span=0.0)
+    for k, r in enumerate(rounds):
+        for run in r.idle + r.load:
+            run.message = f"{k}:{run.message}"
+        total.idle += r.idle
+        total.load += r.load
+        total.wall += r.wall
+        total.submit_span += r.submit_span
+        total.runs_per_message.update({f"{k}:{m}": n for m, n in r.runs_per_message.items()})
+        total.leftover += r.leftover
+        for kind, seconds in r.cpu.items():
+            total.cpu[kind] = total.cpu.get(kind, 0.0) + seconds
+    return total
 
 
 def _parse_output(run: Run, output: str | None) -> None:
@@ -352,6 +370,9 @@ class Side:
             if self.args.idle_samples:
                 result.idle = self.idle(self.args.idle_samples)
             result.load, result.wall = self.load(self.args.count)
+            if result.load:
+                first = min(r.submitted for r in result.load)
+                result.submit_span = max(r.returned for r in result.load) - first
             result.cpu = self.cpu
             if self.record.exists():
                 result.runs_per_message = Counter(
@@ -485,7 +506,7 @@ class RestSide(AgxSide):
 
     def _post(self, path: str, body: dict) -> dict:
         conn = getattr(self._db, "http", None)
-        if conn is None:
+        if conn is None or conn.port != self.port:  # none yet, or to an earlier round's API
             conn = self._db.http = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
         conn.request("POST", path, json.dumps(body), headers)
@@ -613,8 +634,9 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     """Print the comparison of the sides, the CPU split, the targets, the steps, the checks."""
     print(f"\ntree: {tree_version()}")
     print(
-        f"{args.count} executions per side, workers --processes {args.processes} --threads "
-        f"{args.threads}, {args.submit_threads} submit threads, bulk --batch {args.batch}, "
+        f"{args.count} executions per side and round, {args.rounds} rounds, workers --processes "
+        f"{args.processes} --threads {args.threads}, {args.submit_threads} submit threads, "
+        f"bulk --batch {args.batch}, "
         f"{os.cpu_count()} CPUs; agent: {' '.join(AGENTS[args.agent])}\n"
     )
     _print_table(results)
@@ -756,6 +778,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--submit-threads", type=int, default=8, help="concurrent submitters")
     p.add_argument("--batch", type=int, default=500, help="tasks per bulk call (bulk side)")
     p.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated: {','.join(SIDES)}")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="times each side runs, every other round in reverse order (figures: all rounds)",
+    )
     p.add_argument("--agent", choices=sorted(AGENTS), default="sh", help="the agent program")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the load")
     p.add_argument(
@@ -810,19 +838,25 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _interrupt)
     ensure_database(args.db_url)
     sides = [SIDE_CLASSES[name](args, tag, workdir) for name in args.sides]
-    results = []
+    rounds: dict[str, list[Result]] = {side.name: [] for side in sides}
     try:
-        for side in sides:
-            print(f"[{side.name}] running (logs in {workdir}) ...", flush=True)
-            t0 = time.monotonic()
-            results.append(side.run())
-            print(f"[{side.name}] done in {time.monotonic() - t0:.1f} s", flush=True)
+        for k in range(args.rounds):  # every other round in reverse: no side always goes first
+            for side in sides if k % 2 == 0 else sides[::-1]:
+                waited = settle(args.db_url)
+                print(
+                    f"[{side.name}] round {k + 1}: settled in {waited:.1f} s; running (logs in "
+                    f"{workdir}) ...",
+                    flush=True,
+                )
+                result = side.run()
+                rounds[side.name].append(result)
+                print(f"[{side.name}] round {k + 1}: {result.rate:.1f} exec/s", flush=True)
     except KeyboardInterrupt:
         print("interrupted: stopping workers and deleting the bench queues", file=sys.stderr)
         return 130
     finally:
         cleanup(args, sides, workdir)
-    report(results, args)
+    report([merged(rounds[side.name]) for side in sides], args)
     return 0
 
 
