@@ -89,3 +89,29 @@ def test_writes_to_one_execution_find_it_by_primary_key_at_any_depth(services, m
             plan = _plans(conn, sql, params)
             scans = [line for line in plan if "Scan" in line and " on executions" in line]
             assert scans and all("using executions_pkey" in line for line in scans), (sql, plan)
+
+
+def test_a_conversations_last_turn_is_read_through_the_session_indexes(services, make_agent):
+    """Finding a conversation's latest execution never walks the agent's history: with 800
+    executions of the agent and none in the conversation (a new chat), each plan reads the
+    session indexes, not the agent's executions by time."""
+    from shared.db import driver_connection
+    from shared.models import new_id, utcnow
+    from shared.store import executions as store
+
+    make_agent("talker")
+    now = utcnow()
+    rows = [
+        {column: None for column in store.COLUMNS}
+        | {"id": new_id(), "agent_name": "talker", "status": "completed", "attempt": 1}
+        | {"triggered_by": "manual", "message": "m", "created_at": now}
+        for _ in range(800)
+    ]
+    with driver_connection(services.engine) as conn:
+        store.insert_many(conn, rows)
+        plan = _plans(conn, store._LAST_TURN, {"agent": "talker", "session": "new"})
+        scans = " ".join(line for line in plan if "Scan" in line)
+        assert "ix_executions_chat_session" in scans, plan
+        assert "ix_executions_claude_session" in scans, plan
+        assert "ix_executions_agent_created" not in scans, plan
+        assert store.last_turn(conn, "talker", "new") is None

@@ -169,10 +169,19 @@ _STATE = (
 _LOCK_CONVERSATION = "SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 7))"
 # The conversation's latest execution (a chat turn, or the run it was continued from),
 # share-locked: its terminal write waits until the turn held for it is committed.
+# Its turns (chat_session_id) and the run it continued (claude_session_id) are each read
+# through their own index (IS NOT DISTINCT FROM: see the writes by id above): one query with
+# OR was planned as a walk back through the agent's executions, all of them for a new
+# conversation.
 _LAST_TURN = (
-    "SELECT id, status FROM executions WHERE agent_name = %(agent)s"
-    " AND (chat_session_id = %(session)s OR claude_session_id = %(session)s)"
-    " ORDER BY created_at DESC, id DESC LIMIT 1 FOR SHARE"
+    "SELECT id, status FROM executions WHERE id = (SELECT id FROM ("
+    " (SELECT id, created_at FROM executions"
+    "  WHERE agent_name = %(agent)s AND chat_session_id = %(session)s"
+    "  ORDER BY created_at DESC LIMIT 1)"
+    " UNION ALL (SELECT id, created_at FROM executions"
+    "  WHERE claude_session_id = %(session)s AND agent_name IS NOT DISTINCT FROM %(agent)s"
+    "  ORDER BY created_at DESC LIMIT 1)"
+    ") turns ORDER BY created_at DESC, id DESC LIMIT 1) FOR SHARE"
 )
 _RELEASE_HELD = (
     "UPDATE executions e SET held_for = NULL, dispatched_at = %(now)s FROM agents a"
