@@ -27,7 +27,8 @@ class ApiWorker(ThreadWorker):  # type: ignore[misc]
     poller after every request, and from there to a pool thread again when the next one
     comes: four thread hand-offs a request, about a fifth of the API's CPU when a service
     sends requests back to back. An idle connection is handed back as before (it holds no
-    thread), and a stopping worker serves no further request this way."""
+    thread), and a stopping worker serves no further request this way. (gunicorn 27's gthread:
+    `handle` answers whether the connection stays open.)"""
 
     def handle(self, conn: Any) -> Any:
         keep = super().handle(conn)

@@ -55,27 +55,37 @@ def _plans(conn, sql: str, params: dict) -> list[str]:
     return [line for plan in plans for line in plan]
 
 
+def _store_executions(conn, agent: str, status: str, count: int) -> list[str]:
+    """Store `count` executions of the agent in this status at once; their ids in order."""
+    from shared.models import new_id, utcnow
+    from shared.store import executions as store
+
+    now = utcnow()
+    rows = [
+        {column: None for column in store.COLUMNS}
+        | {"id": new_id(), "agent_name": agent, "status": status, "attempt": 0}
+        | {"triggered_by": "manual", "message": "m", "created_at": now}
+        for _ in range(count)
+    ]
+    store.insert_many(conn, rows)
+    return [row["id"] for row in rows]
+
+
 def test_writes_to_one_execution_find_it_by_primary_key_at_any_depth(services, make_agent):
     """A claim, a terminal write, a heartbeat and a parking stamp read one row, however many
     executions are in flight: with the agent's 600 queued and 200 running, on the statistics
     of an emptied table, each plan (for its values, and generic) goes in by the primary key."""
     from shared.db import driver_connection
-    from shared.models import new_id, utcnow
+    from shared.models import utcnow
     from shared.store import executions as store
 
     make_agent("deep")
     now = utcnow()
-    rows = [
-        {column: None for column in store.COLUMNS}
-        | {"id": new_id(), "agent_name": "deep", "status": "pending", "attempt": 0}
-        | {"triggered_by": "manual", "message": "m", "created_at": now}
-        for _ in range(800)
-    ]
-    target = rows[400]["id"]
     with driver_connection(services.engine) as conn:
-        store.insert_many(conn, rows)
-        for row in rows[:200]:
-            store.claim_returning(conn, row["id"], "deep", "w", None)
+        ids = _store_executions(conn, "deep", "pending", 800)
+        for execution_id in ids[:200]:
+            store.claim_returning(conn, execution_id, "deep", "w", None)
+        target = ids[400]
         outcome = {name: None for name in store.OUTCOME_FIELDS}
         writes = {
             store._CLAIM_RETURNING: {"id": target, "agent": "deep", "now": now}
@@ -96,19 +106,11 @@ def test_a_conversations_last_turn_is_read_through_the_session_indexes(services,
     executions of the agent and none in the conversation (a new chat), each plan reads the
     session indexes, not the agent's executions by time."""
     from shared.db import driver_connection
-    from shared.models import new_id, utcnow
     from shared.store import executions as store
 
     make_agent("talker")
-    now = utcnow()
-    rows = [
-        {column: None for column in store.COLUMNS}
-        | {"id": new_id(), "agent_name": "talker", "status": "completed", "attempt": 1}
-        | {"triggered_by": "manual", "message": "m", "created_at": now}
-        for _ in range(800)
-    ]
     with driver_connection(services.engine) as conn:
-        store.insert_many(conn, rows)
+        _store_executions(conn, "talker", "completed", 800)
         plan = _plans(conn, store._LAST_TURN, {"agent": "talker", "session": "new"})
         scans = " ".join(line for line in plan if "Scan" in line)
         assert "ix_executions_chat_session" in scans, plan
