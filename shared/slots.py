@@ -157,11 +157,19 @@ class Slots:
         )
 
     def release(
-        self, agent: str, execution_id: str, max_parallel: int, via: ScriptBatch | None = None
+        self,
+        agent: str,
+        execution_id: str,
+        max_parallel: int,
+        via: ScriptBatch | None = None,
+        grant_timeout: float | None = None,
     ) -> list[str]:
         """Drop this execution's lease or waiting entry; return the waiters to publish now.
 
-        With `via` the script is only queued there; decode its result with `decode_heads`.
+        With `grant_timeout` (the agent's timeout_seconds) the first waiter that fits is given
+        its lease in the same script, as `acquire` would, and comes first in the answer: the
+        caller runs it itself, without a message or an acquire. With `via` the script is only
+        queued there; decode its result with `decode_heads`.
         """
         keys_ = [
             keys.slots(agent),
@@ -170,6 +178,8 @@ class Slots:
             keys.notified(agent),
         ]
         args: list[Any] = [execution_id, max_parallel, self.renotify_ms]
+        if grant_timeout is not None:
+            args += [self.lease_ms, int(grant_timeout * 1000) + self.buffer_ms]
         if via is not None:
             via.add(self._release, keys_, args)
             return []

@@ -139,6 +139,31 @@ def test_release_frees_only_its_own_lease_and_names_the_head_waiter(services):
     assert slots.acquire("x", "c", 2, 60).admitted is True
 
 
+def test_a_release_that_grants_leases_the_head_in_fifo_order_within_the_limit(services):
+    """A worker that runs the next waiter itself has the release lease it (no acquire): the
+    first waiter that fits and has no message on its way, never more than the free slots;
+    the rest are named for publishing once, as without a grant."""
+    from shared.slots import Slots
+
+    slots = Slots(services.redis, lease_seconds=0.5, buffer_seconds=0.0)
+    for name in ("a", "b", "c", "d", "e"):
+        slots.acquire("g", name, 2, 60, submitted_us=ord(name))
+    assert [n for n in "abcde" if slots.holds("g", n)] == ["a", "b"]
+    assert slots.release("g", "a", 2, grant_timeout=60) == ["c"]  # one slot free: c, leased
+    assert [n for n in "abcde" if slots.holds("g", n)] == ["b", "c"]
+    assert slots.position("g", "c") is None and slots.position("g", "d") == 1
+    assert slots.acquire("g", "d", 2, 60).admitted is False, "no slot left for d"
+    assert slots.acquire("g", "c", 2, 60).admitted is True, "c's message finds its lease"
+    assert slots.release("g", "b", 2) == ["d"]  # a plain release: d's message is on its way
+    # Two slots free: d keeps its place for its message; e is leased, nothing named twice.
+    assert slots.release("g", "c", 2, grant_timeout=60) == ["e"]
+    assert [n for n in "abcde" if slots.holds("g", n)] == ["e"]
+    assert slots.acquire("g", "d", 2, 60).admitted is True
+    assert slots.acquire("g", "f", 2, 60).admitted is False
+    # A granted lease is a lease like any other: it lapses unless its holder renews it.
+    wait_for(lambda: slots.acquire("g", "f", 2, 60).admitted, 5, message="a lease to lapse")
+
+
 def test_a_lease_lapses_without_renewal_and_is_capped_at_timeout_plus_buffer(services):
     from shared.slots import Slots
 

@@ -109,10 +109,11 @@ class Job:
 
 @dataclass(frozen=True)
 class Promoted:
-    """The waiter a release promoted and left to the releasing thread to run."""
+    """The waiter a release promoted, and leased, for the releasing thread to run."""
 
     execution_id: str
     agent: str
+    leased_at: float  #: monotonic time before the release that granted its lease was sent
 
 
 @dataclass
@@ -150,6 +151,7 @@ class Executor:
         self.groups = GroupRegistry.from_env()
         self._agents: dict[str, tuple[float, AgentConfig | None]] = {}
         self.stopping = threading.Event()  #: set when the worker shuts down: promote, not run
+        self._inline = threading.local()  #: `until`: this thread's deadline for promoted runs
 
     @property
     def worker_id(self) -> str:
@@ -159,26 +161,27 @@ class Executor:
     def handle(self, execution_id: str, agent: str | None = None) -> None:
         """Take a slot or park; claim with CAS; run; record with CAS; release and promote.
 
-        The waiter a release promotes is run next on this same thread (as if its message had
-        come here: no broker round trip), for up to INLINE_SECONDS after this message was
-        taken and never once the worker is shutting down; past that it is published.
+        For up to INLINE_SECONDS after this message was taken, and never once the worker is
+        shutting down, the release also leases the first waiter it promotes and this thread
+        runs it next (as if its message had come here: no broker round trip, no acquire);
+        past that every promoted waiter is published.
         """
-        started = time.monotonic()
+        self._inline.until = time.monotonic() + INLINE_SECONDS
         promoted = self._handle_one(execution_id, agent)
         while promoted is not None:
-            if self.stopping.is_set() or time.monotonic() - started >= INLINE_SECONDS:
-                dispatch.promote(self.services, [promoted.execution_id], promoted.agent)
-                return
-            promoted = self._handle_one(promoted.execution_id, promoted.agent)
+            promoted = self._handle_one(promoted.execution_id, promoted.agent, promoted.leased_at)
 
-    def _handle_one(self, execution_id: str, agent: str | None) -> Promoted | None:
-        """One execution; returns the promoted waiter its release left to this thread."""
+    def _handle_one(
+        self, execution_id: str, agent: str | None, leased_at: float | None = None
+    ) -> Promoted | None:
+        """One execution (already leased at `leased_at`, if given); returns the promoted waiter
+        its release leased for this thread."""
         config = self._agent(agent) if agent else None
         if config is None:  # a message that does not name its agent (or names a wrong one)
             config = self._agent_of_row(execution_id)
             if config is None:
                 return None
-        return self._claim_and_run(execution_id, config)
+        return self._claim_and_run(execution_id, config, leased_at)
 
     def _agent_of_row(self, execution_id: str) -> AgentConfig | None:
         """The agent of a pending row; a terminal row's stale waiting entry is released."""
@@ -193,15 +196,19 @@ class Executor:
             return None
         return self._agent(row.agent_name)
 
-    def _claim_and_run(self, execution_id: str, config: AgentConfig) -> Promoted | None:
-        """Slot first, then one statement claims and loads the row, then the run."""
-        leased_at = time.monotonic()  # no later than Redis stamps the lease (self-fencing)
-        admission = self._admit(config, execution_id)
-        if admission.needs_rebuild:
-            return None
-        if not admission.admitted:
-            self._one_statement(lambda conn: executions.mark_queued(conn, execution_id))
-            return None
+    def _claim_and_run(
+        self, execution_id: str, config: AgentConfig, leased_at: float | None = None
+    ) -> Promoted | None:
+        """Slot first (unless a release leased it already), then one statement claims and
+        loads the row, then the run."""
+        if leased_at is None:
+            leased_at = time.monotonic()  # no later than Redis stamps the lease (self-fencing)
+            admission = self._admit(config, execution_id)
+            if admission.needs_rebuild:
+                return None
+            if not admission.admitted:
+                self._one_statement(lambda conn: executions.mark_queued(conn, execution_id))
+                return None
         token = new_execution_token()  # a new one per attempt: valid while this attempt runs
         try:
             claimed = self._claim(execution_id, config, token)
@@ -283,26 +290,36 @@ class Executor:
     def _release_after_run(
         self, job: Job, events: EventWriter, final: Written | None
     ) -> Promoted | None:
-        """Release the slot with the run's terminal event in the same Redis round trip; the
-        first promoted waiter is returned for this thread to run, the others are published."""
+        """Release the slot with the run's terminal event in the same Redis round trip. While
+        this thread may go on (see `handle`), the release leases the first promoted waiter,
+        returned for this thread to run; the others are published."""
         agent = job.agent
+        go_on = not self.stopping.is_set() and time.monotonic() < getattr(self._inline, "until", 0)
         batch = ScriptBatch(self.services.redis)
-        self.services.slots.release(agent.name, job.execution_id, agent.max_parallel, batch)
+        self.services.slots.release(
+            agent.name,
+            job.execution_id,
+            agent.max_parallel,
+            batch,
+            grant_timeout=agent.timeout_seconds if go_on else None,
+        )
         if final is None:
             events.close(via=batch)
         else:
             events.close(
                 final_status=final.status, via=batch, error=final.error, response=final.response
             )
+        leased_at = time.monotonic()  # no later than Redis stamps a granted lease
         try:
             heads = decode_heads(batch.execute()[0])
         except redis.RedisError:  # the reaper promotes; PostgreSQL has the outcome
             log.warning("could not release %s", job.execution_id, exc_info=True)
             return None
-        if not heads:
+        if not go_on or not heads:
+            dispatch.promote(self.services, heads, agent.name)
             return None
         dispatch.promote(self.services, heads[1:], agent.name)
-        return Promoted(heads[0], agent.name)
+        return Promoted(heads[0], agent.name, leased_at)
 
     def _run(self, job: Job, leased_at: float) -> Promoted | None:
         """Run the agent, store the outcome while the lease is held, then release."""

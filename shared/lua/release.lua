@@ -7,7 +7,9 @@
 -- KEYS[4] notified ZSET  execution_id -> ms when a message for it was last sent
 -- ARGV[1] execution_id ('' to release nothing)   ARGV[2] max_parallel
 -- ARGV[3] ms after which a notified head counts as lost and is named again
--- Returns the execution ids to publish.
+-- ARGV[4] lease_ms, ARGV[5] cap_ms (optional): lease the first of those heads here
+--   (the releasing thread runs it next itself: it needs no message and no acquire)
+-- Returns the execution ids to publish, the granted head first when ARGV[4] was given.
 -- (`now` and `purge_lapsed` come from prelude.lua, prepended when the script is loaded.)
 if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
@@ -20,10 +22,20 @@ local free = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
 if free <= 0 then return {} end
 local heads = redis.call('ZRANGE', KEYS[3], 0, free - 1)
 local send = {}
+local grant = ARGV[4] ~= nil
 for _, id in ipairs(heads) do
   local sent = redis.call('ZSCORE', KEYS[4], id)
   if not sent or tonumber(sent) <= now - tonumber(ARGV[3]) then
-    redis.call('ZADD', KEYS[4], now, id)
+    if grant then  -- leased as acquire would; it leaves the list, needing no message
+      local cap = now + tonumber(ARGV[5])
+      redis.call('ZADD', KEYS[1], math.min(now + tonumber(ARGV[4]), cap), id)
+      redis.call('HSET', KEYS[2], id, cap)
+      redis.call('ZREM', KEYS[3], id)
+      redis.call('ZREM', KEYS[4], id)
+      grant = false
+    else
+      redis.call('ZADD', KEYS[4], now, id)
+    end
     table.insert(send, id)
   end
 end
