@@ -26,12 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="agx-split-metrics-"))
 
-import psycopg  # noqa: E402
 import redis  # noqa: E402
 
-from bench.measure import delete_queues, ensure_database, libpq_url  # noqa: E402
+from bench.measure import delete_queues, fresh_database, libpq_url  # noqa: E402
 from shared import metrics  # noqa: E402
-from shared.db import migrate  # noqa: E402
 from shared.models import Agent  # noqa: E402
 from shared.rebuild import ensure_epoch  # noqa: E402
 from shared.services import Services  # noqa: E402
@@ -73,12 +71,7 @@ def timed(spent: dict[str, float], step: str, work: Callable[..., Any]) -> Calla
 def services_for(args: argparse.Namespace) -> Services:
     """Migrated, emptied bench database and Redis db; one agent with room for every run."""
     db = libpq_url(args.db_url)
-    ensure_database(db)
-    migrate(db)
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(
-            "TRUNCATE payments, transcripts, executions, schedules, api_keys, agents CASCADE"
-        )
+    fresh_database(db)
     redis.Redis.from_url(args.redis_url).flushdb()
     settings = Settings(
         database_url=normalize_database_url(db),

@@ -46,6 +46,21 @@ def ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
+#: agx's tables, emptied before a bench uses them
+AGX_TABLES = "payments, transcripts, executions, schedules, api_keys, agents"
+
+
+def fresh_database(url: str) -> None:
+    """The bench database created when missing, migrated to head, and agx's tables emptied."""
+    from shared.db import migrate
+
+    url = libpq_url(url)
+    ensure_database(url)
+    migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {AGX_TABLES} CASCADE")
+
+
 def _processes() -> Iterable[tuple[str, list[str]]]:
     """(command name, stat fields from field 3 on) of every live process."""
     for entry in Path("/proc").iterdir():

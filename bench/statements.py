@@ -27,8 +27,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 
 from bench.bare_peer import TABLE_DDL  # noqa: E402
-from bench.measure import ensure_database, libpq_url  # noqa: E402
-from shared.db import migrate  # noqa: E402
+from bench.measure import fresh_database, libpq_url  # noqa: E402
 from shared.models import new_id, utcnow  # noqa: E402
 from shared.states import ExecutionStatus  # noqa: E402
 from shared.store import executions  # noqa: E402
@@ -56,8 +55,7 @@ def measure(
 
 
 def prepare(conn: psycopg.Connection[Any]) -> None:
-    """Empty tables, one agent with room for every row, the peer's table."""
-    conn.execute("TRUNCATE payments, transcripts, executions, schedules, api_keys, agents CASCADE")
+    """One agent with room for every row, the peer's table (empty)."""
     conn.execute(
         "INSERT INTO agents (name, command, output, max_parallel_tasks, timeout_seconds,"
         " queue_limit, env, mcp, created_at, updated_at) VALUES (%s, '[\"/bin/sh\"]', 'text',"
@@ -126,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     url = libpq_url(args.db_url)
     if url.rpartition("/")[2] == "test":
         p.error("database `test` belongs to the test suite")
-    ensure_database(url)
-    migrate(url)
+    fresh_database(url)
     with psycopg.connect(url, autocommit=True) as conn:
         prepare(conn)
         print(f"{'statement':<34}{'CPU µs':>10}{'wall µs':>10}")

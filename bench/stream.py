@@ -70,13 +70,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 import redis  # noqa: E402
 import websocket  # noqa: E402
 
 from agx import procs  # noqa: E402
 from agx.embedded import free_port  # noqa: E402
-from bench.measure import group_cpu, pct, wait_until  # noqa: E402
+from bench.measure import fresh_database, group_cpu, libpq_url, pct, wait_until  # noqa: E402
 from shared.settings import normalize_database_url  # noqa: E402
 
 AGENT_NAME = "bench-stream"
@@ -99,19 +98,6 @@ END_MARK = b'"type":"end"'
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def plain_db_url(url: str) -> str:
-    return normalize_database_url(url).replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-def ensure_database(url: str) -> None:
-    """CREATE DATABASE the bench database when missing (connecting to `postgres`)."""
-    base, _, name = url.rpartition("/")
-    name = name.split("?")[0]
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def _marked(tag: str) -> list[int]:
@@ -492,7 +478,6 @@ class AgxSide(Side):
         }
 
     def prepare(self) -> tuple[Any, str]:
-        from shared.db import migrate
         from shared.models import Agent
         from shared.rebuild import ensure_epoch
         from shared.services import Services
@@ -500,12 +485,7 @@ class AgxSide(Side):
         from shared.store.keys import create_key
 
         a = self.args
-        ensure_database(a.db_url)
-        migrate(a.db_url)
-        with psycopg.connect(a.db_url, autocommit=True) as conn:
-            conn.execute(
-                "TRUNCATE payments, transcripts, executions, schedules, api_keys, agents CASCADE"
-            )
+        fresh_database(a.db_url)
         self.redis.flushdb()  # db 12 is this bench's own
         settings = Settings.from_env({k: v for k, v in self.env().items() if k.startswith("AGX_")})
         services = Services(settings, pool_size=2)
@@ -901,7 +881,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     args = parser.parse_args(argv)
-    args.db_url = plain_db_url(args.db_url)
+    args.db_url = libpq_url(args.db_url)
     db_name = args.db_url.rpartition("/")[2].split("?")[0]
     if db_name in ("test", "postgres"):
         parser.error(f"refusing database '{db_name}': use a database of the bench's own")

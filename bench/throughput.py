@@ -58,6 +58,7 @@ from bench.measure import (  # noqa: E402
     cpu_snapshot,
     delete_queues,
     ensure_database,
+    fresh_database,
     kill_marked,
     libpq_url,
     ms,
@@ -66,7 +67,6 @@ from bench.measure import (  # noqa: E402
     settle,
     wait_until,
 )
-from shared.db import migrate  # noqa: E402
 from shared.models import Agent  # noqa: E402
 from shared.services import Services  # noqa: E402
 from shared.settings import Settings, normalize_database_url  # noqa: E402
@@ -394,7 +394,7 @@ class AgxSide(Side):
 
     def prepare(self) -> None:
         a = self.args
-        migrate(a.db_url)
+        fresh_database(a.db_url)
         self.settings = Settings(
             database_url=normalize_database_url(a.db_url),
             redis_url=a.redis_url,
@@ -402,10 +402,6 @@ class AgxSide(Side):
             home=self.workdir / "agx-home",
             queue=self.queue(),
         )
-        with self.conn().transaction():
-            self.conn().execute(
-                "TRUNCATE payments, transcripts, executions, schedules, api_keys, agents CASCADE"
-            )
         redis.Redis.from_url(a.redis_url).flushdb()  # db 14 is the bench's own
         self.services = Services(self.settings, pool_size=a.submit_threads + 2)
         with self.services.Session.begin() as session:

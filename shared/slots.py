@@ -131,7 +131,6 @@ class Slots:
         submitted_us: int = 0,
     ) -> Admission:
         """Take a lease if this execution is at the head of the FIFO, else park it there."""
-        cap_ms = int(timeout_seconds * 1000) + self.buffer_ms
         admitted, position = self._acquire(
             keys=[
                 keys.slots(agent),
@@ -141,9 +140,20 @@ class Slots:
                 keys.epoch(),
                 keys.notified(agent),
             ],
-            args=[execution_id, agent, max_parallel, self.lease_ms, cap_ms, submitted_us],
+            args=[
+                execution_id,
+                agent,
+                max_parallel,
+                self.lease_ms,
+                self._cap_ms(timeout_seconds),
+                submitted_us,
+            ],
         )
         return Admission(admitted == 1, int(position), needs_rebuild=admitted == -1)
+
+    def _cap_ms(self, timeout_seconds: float) -> int:
+        """A lease's hard cap from now: the run's timeout plus the buffer."""
+        return int(timeout_seconds * 1000) + self.buffer_ms
 
     def renew(
         self, agent: str, execution_id: str, max_parallel: int, remaining_seconds: float
@@ -179,7 +189,7 @@ class Slots:
         ]
         args: list[Any] = [execution_id, max_parallel, self.renotify_ms]
         if grant_timeout is not None:
-            args += [self.lease_ms, int(grant_timeout * 1000) + self.buffer_ms]
+            args += [self.lease_ms, self._cap_ms(grant_timeout)]
         if via is not None:
             via.add(self._release, keys_, args)
             return []

@@ -10,7 +10,8 @@
 -- ARGV[6] submission time (us), the execution's place in the FIFO
 -- Returns {1, 0} admitted (or already held), {0, position} parked (1-based),
 -- {-1, 0} Redis lost its data: rebuild from PostgreSQL first (nothing was written).
--- (`now` and `purge_lapsed` come from prelude.lua, prepended when the script is loaded.)
+-- (`now`, `purge_lapsed` and `lease` come from prelude.lua, prepended when the script is
+-- loaded.)
 local id = ARGV[1]
 if redis.call('EXISTS', KEYS[5]) == 0 then return {-1, 0} end
 redis.call('SADD', KEYS[4], ARGV[2])
@@ -27,9 +28,7 @@ redis.call('ZADD', KEYS[3], 'NX', ARGV[6], id)
 local free = tonumber(ARGV[3]) - redis.call('ZCARD', KEYS[1])
 local rank = redis.call('ZRANK', KEYS[3], id)
 if free > 0 and rank < free then
-  local cap = now + tonumber(ARGV[5])
-  redis.call('ZADD', KEYS[1], math.min(now + tonumber(ARGV[4]), cap), id)
-  redis.call('HSET', KEYS[2], id, cap)
+  lease(KEYS[1], KEYS[2], id, ARGV[4], ARGV[5])
   redis.call('ZREM', KEYS[3], id)
   return {1, 0}
 end

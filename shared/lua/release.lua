@@ -10,7 +10,8 @@
 -- ARGV[4] lease_ms, ARGV[5] cap_ms (optional): lease the first of those heads here
 --   (the releasing thread runs it next itself: it needs no message and no acquire)
 -- Returns the execution ids to publish, the granted head first when ARGV[4] was given.
--- (`now` and `purge_lapsed` come from prelude.lua, prepended when the script is loaded.)
+-- (`now`, `purge_lapsed` and `lease` come from prelude.lua, prepended when the script is
+-- loaded.)
 if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
@@ -27,9 +28,7 @@ for _, id in ipairs(heads) do
   local sent = redis.call('ZSCORE', KEYS[4], id)
   if not sent or tonumber(sent) <= now - tonumber(ARGV[3]) then
     if grant then  -- leased as acquire would; it leaves the list, needing no message
-      local cap = now + tonumber(ARGV[5])
-      redis.call('ZADD', KEYS[1], math.min(now + tonumber(ARGV[4]), cap), id)
-      redis.call('HSET', KEYS[2], id, cap)
+      lease(KEYS[1], KEYS[2], id, ARGV[4], ARGV[5])
       redis.call('ZREM', KEYS[3], id)
       redis.call('ZREM', KEYS[4], id)
       grant = false
