@@ -232,7 +232,8 @@ def test_continue_as_chat_gets_a_reply_in_the_same_session(
     expect(page).to_have_url(re.compile(rf"session={first.claude_session_id}$"))
     with services.Session() as session:
         turns = session.query(Execution).filter(Execution.parent_execution_id == first.id).all()
-        assert [t.claude_session_id for t in turns] == [first.claude_session_id]
+    # the reply streams in before the turn's row is written: its session comes with the write
+    assert [finished(services, t.id).claude_session_id for t in turns] == [first.claude_session_id]
     page.get_by_label("Message").fill("And now?")
     page.get_by_role("button", name="Send").click()
     expect(page.locator(".bubble.agent")).to_have_count(3)
