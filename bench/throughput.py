@@ -486,6 +486,7 @@ class RestSide(AgxSide):
         self.api_log = self.workdir / f"{self.name}-api.log"
         with open(self.api_log, "wb") as log:
             argv = [sys.executable, "-m", "agx", "api", "--port", str(self.port)]
+            argv += self.args.api_args.split()  # none: `agx api`'s defaults
             self.api = procs.spawn(argv, env=self.worker_env(), log=log.fileno())
         wait_until(self._healthy, 60, "agx api", interval=0.1, logs=self.logs)
 
@@ -798,6 +799,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     p.add_argument("--keep-logs", action="store_true", help="keep the temp dir with worker logs")
+    p.add_argument(
+        "--api-args", default="", help="extra `agx api` options, e.g. '--workers 2' (rest, bulk)"
+    )
     args = p.parse_args(argv)
     args.db_url = libpq_url(args.db_url)
     args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]

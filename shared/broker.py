@@ -87,6 +87,15 @@ def queue_depth(url: str, queue: str) -> tuple[int, int | None]:
         client.close()
 
 
+#: agx's messages are transient: RabbitMQ keeps them in memory, never on disk. An execution
+#: message is only a wake-up call carrying an id; the row in PostgreSQL is the truth, and what a
+#: RabbitMQ restart drops is re-sent by the reaper (a waiter whose message never led to a run
+#: is named again after `Slots.renotify_ms`; a pending row nobody knows is re-dispatched).
+#: Measured on this project's 2-core box: a persistent confirmed message cost RabbitMQ 0.41 ms
+#: of CPU and its publisher 0.31 ms, a transient one 0.12 ms and 0.22 ms.
+DELIVERY_MODE = 1
+
+
 class BatchPublisher:
     """Publishes several execution messages to RabbitMQ with publisher confirms, pipelined:
     every message goes out, then the broker's acks are collected (a batch costs about one
@@ -95,11 +104,11 @@ class BatchPublisher:
     One connection per thread, of its own: pika's BlockingChannel waits for each confirm, so
     the batch publishes on the asynchronous channel under it (`BlockingChannel._impl`, pika's
     `Channel`) and lets the blocking connection pump the acks in. The messages are the ones
-    Dramatiq would send (same body, persistent, mandatory) to a queue declared the way
-    Dramatiq declares it. A batch that fails is tried once more on a fresh connection (RabbitMQ
-    drops one whose heartbeats went unanswered while it sat idle); a message the broker had
-    already taken before the failure may then arrive twice, which the worker's claim of the row
-    makes harmless.
+    Dramatiq would send (same body, mandatory) to a queue declared the way Dramatiq declares
+    it, but transient (see DELIVERY_MODE). A batch that fails is tried once more on a fresh
+    connection (RabbitMQ drops one whose heartbeats went unanswered while it sat idle); a
+    message the broker had already taken before the failure may then arrive twice, which the
+    worker's claim of the row makes harmless.
     """
 
     def __init__(self, broker: RabbitmqBroker, url: str, timeout: float = 10.0):
@@ -181,7 +190,7 @@ class _ConfirmedChannel:
 
         first, bodies = self.next_tag, [m.encode() for m in messages]
         for message, body in zip(messages, bodies, strict=True):
-            properties = pika.BasicProperties(delivery_mode=2)
+            properties = pika.BasicProperties(delivery_mode=DELIVERY_MODE)
             self.impl.basic_publish("", message.queue_name, body, properties, mandatory=True)
         self.next_tag += len(messages)
         tags = range(first, self.next_tag)

@@ -9,6 +9,7 @@ from functools import cached_property
 
 import dramatiq
 import redis
+from dramatiq.errors import BrokerError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -86,8 +87,12 @@ class Services:
         return self.batches.publish(messages)
 
     def publish(self, execution_id: str, agent: str | None = None) -> None:
-        """Publish an execution id to the executions queue (raises when not confirmed)."""
-        publish(self.broker, self.settings.queue, execution_id, agent)
+        """Publish an execution id to the executions queue (raises when not confirmed); on
+        RabbitMQ as a batch of one (a transient message: `shared.broker.DELIVERY_MODE`)."""
+        if self.batches is None:
+            publish(self.broker, self.settings.queue, execution_id, agent)
+        elif not self.publish_many([(execution_id, agent)])[0]:
+            raise BrokerError(f"the broker did not confirm execution {execution_id}")
 
     def close(self) -> None:
         """Release connections (engine pool, Redis, broker)."""

@@ -17,17 +17,34 @@ from tests.conftest import queued_messages
 
 def _drain(settings, count: int) -> list[dramatiq.Message]:
     """Take `count` messages off the executions queue, in order."""
+    return [message for _props, message in _take(settings, count)]
+
+
+def _take(settings, count: int) -> list[tuple[pika.BasicProperties, dramatiq.Message]]:
+    """Take `count` messages off the executions queue, in order, with their properties."""
     conn = pika.BlockingConnection(pika.URLParameters(settings.effective_broker_url))
     try:
         channel = conn.channel()
         taken = []
         for _ in range(count):
-            _method, _props, body = channel.basic_get(settings.queue, auto_ack=True)
+            _method, props, body = channel.basic_get(settings.queue, auto_ack=True)
             assert body is not None, f"only {len(taken)} messages of {count}"
-            taken.append(dramatiq.Message.decode(body))
+            taken.append((props, dramatiq.Message.decode(body)))
         return taken
     finally:
         conn.close()
+
+
+def test_execution_messages_are_transient_whether_sent_alone_or_in_a_batch(settings, services):
+    """The row is the truth: RabbitMQ keeps agx's messages in memory only (what a restart drops
+    is re-sent: tests/test_stop_and_faults.py)."""
+    if services.batches is None:
+        pytest.skip("RabbitMQ's delivery mode")
+    services.publish("ex-alone", "demo")
+    assert services.publish_many([("ex-batch", "demo")]) == [True]
+    taken = _take(settings, 2)
+    assert [list(m.args) for _p, m in taken] == [["ex-alone", "demo"], ["ex-batch", "demo"]]
+    assert [p.delivery_mode for p, _m in taken] == [1, 1]
 
 
 def test_a_batch_is_confirmed_and_arrives_in_order_as_the_workers_read_it(settings, services):

@@ -7,6 +7,7 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+from agx.cli import api_processes
 from agx.serve import NEXT_REQUEST_SECONDS
 
 
@@ -72,3 +73,7 @@ def test_a_client_that_closes_after_its_request_leaves_the_server_serving(api_ur
     conn = _connection(api_url)
     assert _healthz(conn) == 200
     conn.close()
+
+
+def test_agx_api_defaults_to_half_the_cpus_between_one_and_eight_processes():
+    assert [api_processes(n) for n in (1, 2, 3, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 8, 8]

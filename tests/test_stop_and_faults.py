@@ -13,7 +13,7 @@ from producer import submit_execution
 from producer.submit import Publication
 from shared import events
 from shared.models import Execution
-from tests.conftest import statuses, wait_for
+from tests.conftest import queued_messages, statuses, wait_for
 from tests.helpers import agent_pids, gone, grandchild_pid, stored, terminal
 
 
@@ -277,6 +277,37 @@ def test_submissions_made_while_rabbitmq_is_down_run_once_each_after_it_returns(
         lambda: set(statuses(services, ids).values()) == {"completed"},
         90,
         message="all completed once RabbitMQ is back",
+    )
+    with services.Session() as session:
+        assert {session.get(Execution, i).attempt for i in ids} == {1}
+    assert (tmp_path / "demo.record").read_text().count('"start"') == 3
+
+
+def test_messages_a_rabbitmq_restart_drops_are_sent_again_and_each_runs_once(
+    services, settings, make_agent, processes, tmp_path
+):
+    """agx's messages are transient (shared/broker.py): a restart drops those not yet taken;
+    the reaper names their waiters again. Touches the shared RabbitMQ, restored in `finally`."""
+    import shutil
+
+    if not settings.broker_url or not settings.broker_url.startswith("amqp"):
+        pytest.skip("RabbitMQ is not reachable here")
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is not installed here")
+    make_agent("demo")
+    submitted = [submit_execution(services, "demo", f"dropped {i}") for i in range(3)]
+    assert all(s.publication is Publication.sent for s in submitted)
+    assert queued_messages(settings) == 3
+    _rabbitmqctl("stop_app")
+    _rabbitmqctl("start_app")
+    assert queued_messages(settings) == 0, "transient: the restart dropped them"
+    processes.workers(threads=2)
+    processes.start("reaper", "--interval", "0.5")
+    ids = [s.execution.id for s in submitted]
+    wait_for(
+        lambda: set(statuses(services, ids).values()) == {"completed"},
+        90,
+        message="all completed, sent again by the reaper",
     )
     with services.Session() as session:
         assert {session.get(Execution, i).attempt for i in ids} == {1}
