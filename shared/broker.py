@@ -115,7 +115,10 @@ class BatchPublisher:
         import pika
 
         self._broker, self._params, self._timeout = broker, pika.URLParameters(url), timeout
-        self._local = threading.local()
+        #: each thread's connection, kept where `close` finds it (a connection left to the
+        #: garbage collector is never closed); a dead thread's is closed when another opens
+        self._channels: dict[threading.Thread, _ConfirmedChannel] = {}
+        self._lock = threading.Lock()
 
     def publish(self, messages: Sequence[dramatiq.Message]) -> list[bool]:
         """Publish; per message True once the broker acked it, False when it was nacked,
@@ -130,22 +133,36 @@ class BatchPublisher:
                     self._broker.declare_queue(queue, ensure=True)
                 return self._channel().send(messages, self._timeout)
             except (pika.exceptions.AMQPError, dramatiq.errors.BrokerError, OSError):
-                self.close()
+                self._drop(threading.current_thread())
                 if not tries_left:
                     log.warning("batch publish of %d failed", len(messages), exc_info=True)
         return [False] * len(messages)
 
     def _channel(self) -> _ConfirmedChannel:
-        channel = getattr(self._local, "channel", None)
+        me = threading.current_thread()
+        channel = self._channels.get(me)
         if channel is None or not channel.is_open:
-            channel = self._local.channel = _ConfirmedChannel(self._params)
+            self._drop(me)
+            channel = _ConfirmedChannel(self._params)
+            with self._lock:
+                self._channels[me] = channel
+                dead = [self._channels.pop(t) for t in list(self._channels) if not t.is_alive()]
+            for stale in dead:
+                stale.close()
         return channel
 
-    def close(self) -> None:
-        """Close this thread's connection (the next batch opens another)."""
-        channel = getattr(self._local, "channel", None)
-        self._local.channel = None
+    def _drop(self, thread: threading.Thread) -> None:
+        """Close `thread`'s connection (its next batch opens another)."""
+        with self._lock:
+            channel = self._channels.pop(thread, None)
         if channel is not None:
+            channel.close()
+
+    def close(self) -> None:
+        """Close every thread's connection (a thread that publishes again opens another)."""
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
             channel.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 
@@ -98,3 +99,29 @@ def test_a_batch_connection_that_died_while_idle_is_replaced_and_nothing_is_lost
         fast.close()
     assert [m.args[0] for m in _drain(settings, 4)] == ["ex-1", "ex-2", "ex-3", "ex-4"]
     assert queued_messages(settings) == 0, "each once"
+
+
+def test_a_dead_threads_connection_is_closed_and_close_closes_every_threads(settings):
+    """Each thread publishes on a connection of its own; none is left to the garbage
+    collector (which would never close it)."""
+    if not settings.effective_broker_url.startswith("amqp"):
+        pytest.skip("batches are RabbitMQ's")
+    svc = Services(settings)
+    opened = []
+
+    def publish_once(eid: str) -> None:
+        svc.publish(eid, "a")
+        opened.append(svc.batches._channels[threading.current_thread()])  # type: ignore[union-attr]
+
+    try:
+        for eid in ("ex-1", "ex-2"):  # one thread after the other: the first has ended
+            thread = threading.Thread(target=publish_once, args=(eid,))
+            thread.start()
+            thread.join()
+        first, second = opened
+        assert not first.is_open, "the dead thread's connection was closed"
+        assert second.is_open
+    finally:
+        svc.close()
+    assert not second.is_open
+    assert [m.args[0] for m in _drain(settings, 2)] == ["ex-1", "ex-2"]
