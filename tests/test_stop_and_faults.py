@@ -253,16 +253,29 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
 
 
-def test_submissions_made_while_rabbitmq_is_down_run_once_each_after_it_returns(
-    services, settings, make_agent, processes, tmp_path
-):
-    """Touches the shared RabbitMQ (stop_app/start_app), restored in `finally`."""
+def _need_rabbitmqctl(settings) -> None:
+    """Skip unless the shared RabbitMQ is there and rabbitmqctl can stop and start it."""
     import shutil
 
     if not settings.broker_url or not settings.broker_url.startswith("amqp"):
         pytest.skip("RabbitMQ is not reachable here")
     if shutil.which("rabbitmqctl") is None:
         pytest.skip("rabbitmqctl is not installed here")
+
+
+def _each_completed_once(services, ids: list[str], tmp_path, message: str) -> None:
+    """Every execution ends completed at its first attempt, its agent started once."""
+    wait_for(lambda: set(statuses(services, ids).values()) == {"completed"}, 90, message=message)
+    with services.Session() as session:
+        assert {session.get(Execution, i).attempt for i in ids} == {1}
+    assert (tmp_path / "demo.record").read_text().count('"start"') == len(ids)
+
+
+def test_submissions_made_while_rabbitmq_is_down_run_once_each_after_it_returns(
+    services, settings, make_agent, processes, tmp_path
+):
+    """Touches the shared RabbitMQ (stop_app/start_app), restored in `finally`."""
+    _need_rabbitmqctl(settings)
     make_agent("demo")
     processes.workers(threads=2)
     processes.start("reaper", "--interval", "0.5")
@@ -273,14 +286,7 @@ def test_submissions_made_while_rabbitmq_is_down_run_once_each_after_it_returns(
         _rabbitmqctl("start_app")
     assert not any(s.publication is Publication.sent for s in submitted)
     ids = [s.execution.id for s in submitted]
-    wait_for(
-        lambda: set(statuses(services, ids).values()) == {"completed"},
-        90,
-        message="all completed once RabbitMQ is back",
-    )
-    with services.Session() as session:
-        assert {session.get(Execution, i).attempt for i in ids} == {1}
-    assert (tmp_path / "demo.record").read_text().count('"start"') == 3
+    _each_completed_once(services, ids, tmp_path, "all completed once RabbitMQ is back")
 
 
 def test_messages_a_rabbitmq_restart_drops_are_sent_again_and_each_runs_once(
@@ -288,27 +294,17 @@ def test_messages_a_rabbitmq_restart_drops_are_sent_again_and_each_runs_once(
 ):
     """agx's messages are transient (shared/broker.py): a restart drops those not yet taken;
     the reaper names their waiters again. Touches the shared RabbitMQ, restored in `finally`."""
-    import shutil
-
-    if not settings.broker_url or not settings.broker_url.startswith("amqp"):
-        pytest.skip("RabbitMQ is not reachable here")
-    if shutil.which("rabbitmqctl") is None:
-        pytest.skip("rabbitmqctl is not installed here")
+    _need_rabbitmqctl(settings)
     make_agent("demo")
     submitted = [submit_execution(services, "demo", f"dropped {i}") for i in range(3)]
     assert all(s.publication is Publication.sent for s in submitted)
     assert queued_messages(settings) == 3
-    _rabbitmqctl("stop_app")
-    _rabbitmqctl("start_app")
+    try:
+        _rabbitmqctl("stop_app")
+    finally:
+        _rabbitmqctl("start_app")
     assert queued_messages(settings) == 0, "transient: the restart dropped them"
     processes.workers(threads=2)
     processes.start("reaper", "--interval", "0.5")
     ids = [s.execution.id for s in submitted]
-    wait_for(
-        lambda: set(statuses(services, ids).values()) == {"completed"},
-        90,
-        message="all completed, sent again by the reaper",
-    )
-    with services.Session() as session:
-        assert {session.get(Execution, i).attempt for i in ids} == {1}
-    assert (tmp_path / "demo.record").read_text().count('"start"') == 3
+    _each_completed_once(services, ids, tmp_path, "all completed, sent again by the reaper")
