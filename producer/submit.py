@@ -16,7 +16,6 @@ import redis
 
 from shared import dispatch
 from shared.agents import MODEL_PATTERN
-from shared.db import driver_connection
 from shared.errors import InvalidField, NotFound, QueueFull
 from shared.models import new_id, utcnow
 from shared.services import Services
@@ -143,7 +142,7 @@ def _insert_exactly(
     a new snapshot), then refuse or insert, in one transaction, so the limit is exact under
     concurrency. A chat turn also takes its conversation's lock and, while the conversation's
     latest execution is in flight, is held for it (in no queue, holding no slot)."""
-    with driver_connection(services.engine) as conn, conn.transaction():
+    with services.connections.connection() as conn, conn.transaction():
         agents.lock_key(conn, agent.name)
         in_flight = agents.in_flight(conn, agent.name)
         refuse_if_full(agent, in_flight)
@@ -178,7 +177,7 @@ def _store(services: Services, row: dict[str, Any], chat: ChatTurn | None) -> An
     fast = chat is None and (timeout is None or 1 <= timeout <= MAX_TIMEOUT_SECONDS)
     fast = fast and not _small_limit(services, name)
     known = _known_in_flight(services, name) if fast else None
-    with driver_connection(services.engine) as conn:
+    with services.connections.connection() as conn:
         if fast:
             agent = executions.insert_if_room(conn, row, LOCK_MARGIN, known)
         else:
@@ -311,7 +310,7 @@ def submit_many(
     places, in order; those that fit a free slot are published. Answers in the tasks' order."""
     if not tasks or len(tasks) > MAX_BATCH:
         raise InvalidField("tasks", f"must hold 1 to {MAX_BATCH} tasks")
-    with driver_connection(services.engine) as conn, conn.transaction():
+    with services.connections.connection() as conn, conn.transaction():
         agent = _agent(conn, agent_name)
         rows = [
             _batch_row(agent, i, task, triggered_by, source, api_key_id)

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 
-from shared.db import driver_connection
 from shared.services import Services
 from shared.slots import Waiter, submitted_us
 from shared.store import executions
@@ -92,7 +91,7 @@ def release_held(services: Services, execution_id: str) -> list[str]:
     Any failure here is only a delay: the reaper re-dispatches held turns whose execution
     has ended."""
     try:
-        with driver_connection(services.engine) as conn:
+        with services.connections.connection() as conn:
             released = executions.release_held(conn, execution_id)
     except Exception:
         log.warning("turns held for %s not released; the reaper will", execution_id, exc_info=True)

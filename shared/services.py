@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broker import BatchPublisher, execution_message, make_broker, publish
-from shared.db import ThreadConnections, make_engine, make_sessionmaker
+from shared.db import DirectConnections, make_engine, make_sessionmaker
 from shared.settings import Settings
 from shared.slots import Slots
 
@@ -44,10 +44,11 @@ class Services:
         )
 
     @cached_property
-    def connections(self) -> ThreadConnections:
-        """One kept-open connection per thread, for worker threads' single statements."""
+    def connections(self) -> DirectConnections:
+        """Kept-open psycopg connections for the hot single statements (submit, claim, finish),
+        pinged after an idle spell when `pre_ping` is on."""
         assert self.settings.database_url, "AGX_DATABASE_URL is not set"
-        return ThreadConnections(self.settings.database_url)
+        return DirectConnections(self.settings.database_url, ping=self.pre_ping)
 
     @cached_property
     def Session(self) -> sessionmaker[Session]:  # noqa: N802 - it is a session factory

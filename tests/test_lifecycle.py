@@ -8,7 +8,6 @@ import pytest
 from sqlalchemy import text
 
 from producer import submit_execution
-from shared.db import driver_connection
 from shared.models import Execution
 from shared.services import Services
 from shared.states import ExecutionStatus
@@ -76,45 +75,64 @@ def test_waiting_executions_hold_no_worker_thread(services, make_agent, processe
 def test_a_worker_survives_postgresql_dropping_its_pooled_connection(
     settings, services, make_agent
 ):
-    """A worker thread's connection that PostgreSQL closed (a restart, an idle timeout) costs
-    one retry on a fresh connection, not the execution."""
+    """A worker's connection that PostgreSQL closed (an idle timeout) costs one retry on a
+    fresh connection, not the execution; and after a restart, which closes every connection at
+    once, the retry does not land on another dead one."""
     make_agent("demo")
     worker = Services(settings, pool_size=1, pre_ping=False, autocommit=True)
     executor = Executor(worker)
     try:
         first = submit_execution(services, "demo", "first").execution.id
         executor.handle(first, "demo")
-        pid = executor.db.get().info.backend_pid  # this thread's connection
-        with services.engine.connect() as admin:
-            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with executor.db.connection() as conn:  # the one this thread has been using
+            pid = conn.info.backend_pid
+        _terminate(services, [pid])
         second = submit_execution(services, "demo", "second").execution.id
         executor.handle(second, "demo")
-        assert statuses(services, [first, second]) == {first: "completed", second: "completed"}
-        assert executor.db.get().info.backend_pid != pid
+        with executor.db.connection() as conn, executor.db.connection() as other:
+            pids = [conn.info.backend_pid, other.info.backend_pid]  # two idle ones now
+        assert pid not in pids
+        _terminate(services, pids)  # as a restart would
+        third = submit_execution(services, "demo", "third").execution.id
+        executor.handle(third, "demo")
+        done = [first, second, third]
+        assert statuses(services, done) == dict.fromkeys(done, "completed")
     finally:
         worker.close()
+
+
+def _terminate(services: Services, pids: list[int]) -> None:
+    """Have PostgreSQL close these backends' connections."""
+    with services.engine.connect() as admin:
+        for pid in pids:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
 
 def test_an_api_process_pings_a_connection_that_sat_idle_and_replaces_a_dropped_one(
     settings, services, make_agent, monkeypatch
 ):
-    """API and producer pools check a connection before use only when it sat idle for more
-    than PING_AFTER_IDLE_SECONDS: one PostgreSQL dropped while idle is replaced unseen."""
+    """API and producer connections (the direct ones for submissions, the pool's for sessions)
+    are checked before use only when they sat idle for more than PING_AFTER_IDLE_SECONDS: one
+    PostgreSQL dropped while idle is replaced unseen."""
     import shared.db
+    from shared.store import agents
 
     make_agent("demo")
     monkeypatch.setattr(shared.db, "PING_AFTER_IDLE_SECONDS", 0.2)
     api = Services(settings, pool_size=1)  # pre_ping, as the API and producers use
     try:
         first = submit_execution(api, "demo", "first").execution.id
-        with driver_connection(api.engine) as conn:  # the pool's only connection
+        with api.connections.connection() as conn:  # the one the submission used
             pid = conn.info.backend_pid
-        with services.engine.connect() as admin:
-            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with api.Session() as session:  # the engine pool's only connection
+            pooled = session.connection().connection.driver_connection.info.backend_pid
+        _terminate(services, [pid, pooled])
         time.sleep(0.3)
         second = submit_execution(api, "demo", "second").execution.id
         assert statuses(services, [first, second]) == {first: "pending", second: "pending"}
-        with driver_connection(api.engine) as conn:  # no idle time: handed out as it is
+        with api.Session() as session:
+            assert agents.in_flight(session, "demo") == 2
+        with api.connections.connection() as conn:  # no idle time: handed out as it is
             assert conn.info.backend_pid != pid
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:

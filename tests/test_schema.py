@@ -75,13 +75,12 @@ def test_writes_to_one_execution_find_it_by_primary_key_at_any_depth(services, m
     """A claim, a terminal write, a heartbeat and a parking stamp read one row, however many
     executions are in flight: with the agent's 600 queued and 200 running, on the statistics
     of an emptied table, each plan (for its values, and generic) goes in by the primary key."""
-    from shared.db import driver_connection
     from shared.models import utcnow
     from shared.store import executions as store
 
     make_agent("deep")
     now = utcnow()
-    with driver_connection(services.engine) as conn:
+    with services.connections.connection() as conn:
         ids = _store_executions(conn, "deep", "pending", 800)
         for execution_id in ids[:200]:
             store.claim_returning(conn, execution_id, "deep", "w", None)
@@ -105,11 +104,10 @@ def test_a_conversations_last_turn_is_read_through_the_session_indexes(services,
     """Finding a conversation's latest execution never walks the agent's history: with 800
     executions of the agent and none in the conversation (a new chat), each plan reads the
     session indexes, not the agent's executions by time."""
-    from shared.db import driver_connection
     from shared.store import executions as store
 
     make_agent("talker")
-    with driver_connection(services.engine) as conn:
+    with services.connections.connection() as conn:
         _store_executions(conn, "talker", "completed", 800)
         plan = _plans(conn, store._LAST_TURN, {"agent": "talker", "session": "new"})
         scans = " ".join(line for line in plan if "Scan" in line)

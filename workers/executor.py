@@ -145,7 +145,7 @@ class Executor:
 
     def __init__(self, services: Services):
         self.services = services
-        self.db = services.connections  #: each worker thread's own connection
+        self.db = services.connections  #: kept-open connections for the single statements
         self.stops = StopListener(services.redis)
         self.heartbeats = Heartbeats(services)
         self.groups = GroupRegistry.from_env()
@@ -259,13 +259,13 @@ class Executor:
         """Run `work` (one statement, autocommitted) on this thread's connection; once more on
         a fresh connection if that one had gone stale (PostgreSQL restarted since)."""
         for tries_left in (1, 0):
-            conn = self.db.get()
-            try:
-                return work(conn)
-            except psycopg.OperationalError:
-                if not tries_left or not conn.broken:
-                    raise
-                log.warning("database connection was stale; retrying once")
+            with self.db.connection() as conn:
+                try:
+                    return work(conn)
+                except psycopg.OperationalError:
+                    if not tries_left or not conn.broken:
+                        raise
+                    log.warning("database connection was stale; retrying once")
         raise AssertionError("unreachable")
 
     def _admit(self, config: AgentConfig, execution_id: str) -> Admission:

@@ -11,8 +11,9 @@ One access style per kind of caller:
   plain SQL on the psycopg driver connection, parsed once: they run for every execution,
   and building them with the ORM, or even running them through SQLAlchemy Core, costs more
   client CPU than the statements themselves (measured: py-spy, and ~90 us per statement for
-  Core's execute over psycopg's; `shared.db.driver_connection`). These functions take a
-  psycopg connection, or a SQLAlchemy Session/Connection whose transaction they then join.
+  Core's execute over psycopg's), on kept-open connections of their own
+  (`shared.db.DirectConnections`). These functions take a psycopg connection, or a
+  SQLAlchemy Session/Connection whose transaction they then join.
 - **Everything else** (the API, the reaper, the scheduler, rebuild, stop, the CLI) runs a
   few statements per request or sweep, where clarity wins: SQLAlchemy ORM/Core on a Session
   the caller owns (so the caller decides the transaction), through the same named functions.
