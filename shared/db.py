@@ -153,12 +153,14 @@ def one(conn: psycopg.Connection[Any] | Session | Connection, sql: str, params: 
     """Run sql (`%(name)s` placeholders, `params` a mapping) and return its first row, with
     attribute access by column name, or None (no row, or a statement that returns none).
 
-    Where no BEGIN is due first (an autocommit connection, or a transaction already open),
+    On an autocommit connection outside any transaction (the hot statements' connections),
     the statement runs prepared through libpq's own calls with psycopg's adapters, without
-    psycopg's cursor layer: a claim cost its worker 165 us of CPU that way, 94 this way
-    (measured, bench/executor_split.py), and the hot statements all go through here."""
+    psycopg's cursor layer: a claim cost its worker 165 us of CPU that way, 99 this way
+    (measured, bench/executor_split.py). Within a transaction psycopg's cursor runs it: there
+    a statement psycopg's rollback deallocated (it drops every prepared statement of the
+    connection) could not be prepared again without aborting the transaction."""
     pg = driver(conn)
-    if pg.autocommit or pg.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
+    if pg.autocommit and pg.pgconn.transaction_status == pq.TransactionStatus.IDLE:
         return _Prepared.of(pg).run(sql, params)
     with pg.cursor(row_factory=namedtuple_row) as cur:
         cur.execute(sql, params)
@@ -214,8 +216,8 @@ class _Prepared:
         types = tuple(adapt.types or ())
         try:
             result = self._execute(statement.sql, types, dumped, adapt.formats)
-        except psycopg.errors.InvalidSqlStatementName:  # DEALLOCATEd behind our back
-            self.names.clear()
+        except psycopg.errors.InvalidSqlStatementName:  # psycopg's DEALLOCATE ALL after a
+            self.names.clear()  # rollback on this connection
             result = self._execute(statement.sql, types, dumped, adapt.formats)
         if result.status != pq.ExecStatus.TUPLES_OK or not result.ntuples:
             return None

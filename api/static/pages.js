@@ -315,7 +315,8 @@ pages["schedule-new"] = () => {
   const previewError = document.getElementById("preview-error");
   const error = document.getElementById("schedule-error");
   const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
-  if (zone) form.timezone.value = zone;
+  // the browser's zone as the default, unless someone typed one before this script ran
+  if (zone && form.timezone.value === form.timezone.defaultValue) form.timezone.value = zone;
   let timer = null;
   let asked = 0;
   async function preview() {
