@@ -88,6 +88,7 @@ class Slots:
         self._acquire = client.register_script(_source("acquire"))
         self._release = client.register_script(_source("release"))
         self._renew = client.register_script(_source("renew"))
+        self._in_flight = client.register_script((_LUA / "in_flight.lua").read_text())
 
     def enqueue(
         self, agent: str, execution_id: str, submitted_us: int, max_parallel: int
@@ -213,13 +214,10 @@ class Slots:
     def in_flight(self, agent: str) -> int | None:
         """Leases (lapsed ones too, until purged) plus waiters: the agent's executions in
         flight as Redis knows them, in O(1); None while Redis has lost its state (a rebuild is
-        due). Submissions use it to tell they are far from the queue limit."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(keys.slots(agent))
-        pipe.zcard(keys.waiting(agent))
-        pipe.exists(keys.epoch())
-        leases, waiting, restored = pipe.execute()
-        return int(leases) + int(waiting) if restored else None
+        due). Submissions use it to tell they are far from the queue limit (one script: a
+        pipeline of its three reads cost the client ~10 us more)."""
+        count = int(self._in_flight(keys=[keys.slots(agent), keys.waiting(agent), keys.epoch()]))
+        return None if count < 0 else count
 
     def position(self, agent: str, execution_id: str) -> int | None:
         """1-based place in the agent's waiting list, or None when not waiting."""
