@@ -123,8 +123,10 @@ class DirectConnections:
                 return psycopg.connect(self._conninfo, autocommit=True)
             if not self._ping or time.monotonic() - since <= PING_AFTER_IDLE_SECONDS:
                 return conn
+            from shared.store import ping_connection  # the store imports this module
+
             try:
-                conn.execute("SELECT 1")
+                ping_connection(conn)
                 return conn
             except psycopg.Error:
                 conn.close()  # it no longer answers: try the next one, or a new one

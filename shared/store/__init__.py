@@ -26,14 +26,33 @@ ix_executions_in_flight's predicate matches.
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 from sqlalchemy import Engine, text
 
 from shared.store import activity, agents, executions, keys, payments, schedules
 
-__all__ = ["activity", "agents", "executions", "keys", "payments", "ping", "schedules"]
+__all__ = [
+    "activity",
+    "agents",
+    "executions",
+    "keys",
+    "payments",
+    "ping",
+    "ping_connection",
+    "schedules",
+]
+
+_PING = "SELECT 1"
 
 
 def ping(engine: Engine) -> None:
     """Run the cheapest statement there is: raises when the database cannot answer."""
     with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
+        conn.execute(text(_PING))
+
+
+def ping_connection(conn: psycopg.Connection[Any]) -> None:
+    """The same on one psycopg connection (`shared.db.DirectConnections`' idle check)."""
+    conn.execute(_PING)
