@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 from shared import logs
 from tests.conftest import wait_for, worker_env
@@ -43,3 +44,18 @@ def test_text_lines_end_with_the_execution_fields(monkeypatch):
     monkeypatch.setenv("AGX_LOG_FORMAT", "json")
     parsed = json.loads(logs.formatter().format(record))
     assert parsed["execution_id"] == "E1" and parsed["message"] == "ended"
+
+
+def test_a_direct_stream_writes_each_record_whole_and_replaces_lone_surrogates(tmp_path):
+    path = tmp_path / "log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        handler = logging.StreamHandler(logs.FdStream(fd))  # type: ignore[arg-type]
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        record = logging.LogRecord("agx", logging.INFO, __file__, 1, "é" * 100_000, (), None)
+        handler.handle(record)
+        record.msg = "bad \udc80 byte"
+        handler.handle(record)
+    finally:
+        os.close(fd)
+    assert path.read_text().splitlines() == ["é" * 100_000, "bad ? byte"]

@@ -99,3 +99,34 @@ def test_runs_skip_their_parent_death_signal_only_while_the_guardian_answers():
         guardian.wait(10)
         assert guardian.stdin is not None
         guardian.stdin.close()
+
+
+def test_a_groups_end_goes_with_the_next_start_or_within_the_delay():
+    """What a worker tells the guardian: a start at once, carrying the ends still waiting; an
+    end no start takes along is sent on its own within END_DELAY_SECONDS."""
+    import socket
+    import time
+    import uuid
+
+    from workers.groups import END_DELAY_SECONDS, GroupRegistry
+
+    address = f"agx-test-{uuid.uuid4().hex}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0" + address)
+    listener.listen(1)
+    try:
+        registry = GroupRegistry(address)
+        registry.started(101)
+        conn, _ = listener.accept()
+        conn.settimeout(5)
+        assert conn.recv(100) == b"+101\n"
+        registry.ended(101)
+        registry.started(102)
+        assert conn.recv(100) == b"-101\n+102\n"  # one write: the end went with the start
+        ended_at = time.monotonic()
+        registry.ended(102)
+        assert conn.recv(100) == b"-102\n"
+        assert time.monotonic() - ended_at <= 2 * END_DELAY_SECONDS + 0.5
+        conn.close()
+    finally:
+        listener.close()

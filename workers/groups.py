@@ -8,6 +8,12 @@ guardian SIGKILLs those groups at once, so what the agents started dies with the
 no subreaper of the pool is left. While the guardian answers, runs are started without a
 parent-death signal of their own (`guarded`): it covers the same deaths, and arming the
 signal costs a second exec per run.
+
+A group's end is not sent on its own: it waits (at most END_DELAY_SECONDS) to go in the same
+write as the next group's start, so a busy worker wakes the guardian once per run, not twice.
+Until it is sent the guardian would SIGKILL a dead group's id if the worker died; the id
+cannot have been given to a new group in that half second (ids are handed out in a cycle
+through at least 32,768).
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ import logging
 import os
 import socket
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
 SOCKET_ENV = "AGX_GROUP_GUARD"  #: the guardian's abstract Unix socket name, set by agx workers
+END_DELAY_SECONDS = 0.5  #: longest a group's end waits to share a write with the next start
 
 
 class GroupRegistry:
@@ -30,6 +38,8 @@ class GroupRegistry:
         self._sock: socket.socket | None = None
         self._pid = os.getpid()  # a forked child must open a connection of its own
         self._lock = threading.Lock()
+        self._ended: list[int] = []  #: groups whose end is not sent yet
+        self._flusher_pid = 0  #: the process whose flusher thread runs (a fork has none)
 
     @classmethod
     def from_env(cls) -> GroupRegistry:
@@ -57,22 +67,40 @@ class GroupRegistry:
                 return False
 
     def started(self, pgid: int) -> None:
-        """An agent's process group now exists."""
-        self._send(f"+{pgid}\n")
-
-    def ended(self, pgid: int) -> None:
-        """An agent's process group was killed whole: nothing of it is left to guard."""
-        self._send(f"-{pgid}\n")
-
-    def _send(self, line: str) -> None:
+        """An agent's process group now exists (sent at once, with the ends still waiting)."""
         if self._address is None:
             return
         with self._lock:
-            try:
-                self._connection().sendall(line.encode())
-            except OSError:  # no guardian (it died): runs get a parent-death signal again
-                log.warning("the group guardian cannot be reached", exc_info=True)
-                self._drop()
+            self._send_locked(f"+{pgid}\n")
+
+    def ended(self, pgid: int) -> None:
+        """An agent's process group was killed whole: nothing of it is left to guard (sent
+        with the next start, or within END_DELAY_SECONDS)."""
+        if self._address is None:
+            return
+        with self._lock:
+            self._ended.append(pgid)
+            if self._flusher_pid != os.getpid():
+                self._flusher_pid = os.getpid()
+                threading.Thread(target=self._flush_ends, name="group-ends", daemon=True).start()
+
+    def _flush_ends(self) -> None:
+        """Send the ends no start took along, every END_DELAY_SECONDS (the flusher thread)."""
+        while True:
+            time.sleep(END_DELAY_SECONDS)
+            with self._lock:
+                if self._ended:
+                    self._send_locked("")
+
+    def _send_locked(self, line: str) -> None:
+        """Send the waiting ends, then `line` (the caller holds the lock)."""
+        ends = "".join(f"-{pgid}\n" for pgid in self._ended)
+        self._ended.clear()
+        try:
+            self._connection().sendall((ends + line).encode())
+        except OSError:  # no guardian (it died): runs get a parent-death signal again
+            log.warning("the group guardian cannot be reached", exc_info=True)
+            self._drop()
 
     def _drop(self) -> None:
         if self._sock is not None:

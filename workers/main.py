@@ -9,7 +9,7 @@ import dramatiq
 
 from shared.broker import ACTOR_NAME, setup_broker
 from shared.fleet import Presence
-from shared.logs import reformat
+from shared.logs import reformat, write_directly
 from shared.services import Services
 from shared.settings import Settings
 from workers.drain import Drain
@@ -47,6 +47,7 @@ broker.add_middleware(_Drain())
 logging.getLogger("pika").setLevel(logging.WARNING)
 # Dramatiq set this process's logging up: keep its pid/thread prefix for text, or go JSON.
 reformat("[PID %(process)d] [%(threadName)s] %(levelname)s %(name)s: %(message)s")
+write_directly()  # to the pool's stderr, not through Dramatiq's relay (shared/logs.py)
 
 
 @dramatiq.actor(actor_name=ACTOR_NAME, queue_name=settings.queue, max_retries=0)
