@@ -130,3 +130,19 @@ def test_a_groups_end_goes_with_the_next_start_or_within_the_delay():
         conn.close()
     finally:
         listener.close()
+
+
+def test_the_pool_finds_its_children_without_scanning_the_host():
+    import subprocess
+
+    from agx.pool import _children, _children_by_scan
+
+    started = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
+    try:
+        ours = {p.pid for p in started}
+        assert ours <= set(_children())
+        assert ours <= set(_children_by_scan())  # the fallback finds them as well
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait()
