@@ -4,7 +4,8 @@ Run as `python -m agx.guardian NAME` by the pool, in a session of its own, with 
 the pool on stdin. It listens on the abstract Unix socket NAME; each worker process connects
 once and announces its agents' process groups (see workers/groups.py). A connection that
 closes with groups still announced belongs to a dead worker: those groups are SIGKILLed at
-once (while they still have members, so their ids cannot have been reused). The guardian
+once (a group's end reaches us at most half a second after it died, too soon for its id to
+have been given to another group). The guardian
 leaves when the pool is gone (EOF on stdin) and no worker is connected.
 """
 
