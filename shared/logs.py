@@ -85,5 +85,5 @@ def write_directly(fd: int = 2) -> None:
     stderr (per line a second process woke up: about 80 us of the pool's CPU per execution's
     end line); a worker process still has that stderr as its fd 2 and writes there itself."""
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler):
+        if type(handler) is logging.StreamHandler:  # not its subclasses (a FileHandler's file)
             handler.setStream(FdStream(fd))  # type: ignore[arg-type]
