@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from shared import keys
-from shared.script_batch import ScriptBatch
+from shared.script_batch import ScriptBatch, run_script
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def emit(
     if via is not None:
         via.add(_emit_script(client), keys_, args)
     else:
-        _emit_script(client)(keys=keys_, args=args)
+        run_script(client, _emit_script(client), keys_, args)
 
 
 def read_stream(

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broker import BatchPublisher, execution_message, make_broker, publish
 from shared.db import DirectConnections, make_engine, make_sessionmaker
+from shared.script_batch import close_lanes
 from shared.settings import Settings
 from shared.slots import Slots
 
@@ -102,6 +103,7 @@ class Services:
         if "connections" in self.__dict__:
             self.connections.close()
         if "redis" in self.__dict__:
+            close_lanes(self.redis)
             self.redis.close()
         if self.__dict__.get("batches") is not None:
             self.batches.close()  # type: ignore[union-attr]

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import redis
 
 from shared import keys
-from shared.script_batch import ScriptBatch
+from shared.script_batch import ScriptBatch, run_script
 
 _LUA = Path(__file__).parent / "lua"
 
@@ -108,14 +108,11 @@ class Slots:
         args: list[Any] = [agent, max_parallel]
         for waiter in waiters:
             args += [waiter.execution_id, waiter.submitted_us]
-        flat = self._enqueue(
-            keys=[
-                keys.waiting(agent),
-                keys.agents_index(),
-                keys.slots(agent),
-                keys.notified(agent),
-            ],
-            args=args,
+        flat = run_script(
+            self.client,
+            self._enqueue,
+            [keys.waiting(agent), keys.agents_index(), keys.slots(agent), keys.notified(agent)],
+            args,
         )
         return [(int(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
 
@@ -132,8 +129,10 @@ class Slots:
         submitted_us: int = 0,
     ) -> Admission:
         """Take a lease if this execution is at the head of the FIFO, else park it there."""
-        admitted, position = self._acquire(
-            keys=[
+        admitted, position = run_script(
+            self.client,
+            self._acquire,
+            [
                 keys.slots(agent),
                 keys.lease_caps(agent),
                 keys.waiting(agent),
@@ -141,7 +140,7 @@ class Slots:
                 keys.epoch(),
                 keys.notified(agent),
             ],
-            args=[
+            [
                 execution_id,
                 agent,
                 max_parallel,
@@ -160,12 +159,9 @@ class Slots:
         self, agent: str, execution_id: str, max_parallel: int, remaining_seconds: float
     ) -> bool:
         """Extend the lease (or restore it if a slot is free); False: gone, the holder stops."""
-        return bool(
-            self._renew(
-                keys=[keys.slots(agent), keys.lease_caps(agent)],
-                args=[execution_id, self.lease_ms, max_parallel, int(remaining_seconds * 1000)],
-            )
-        )
+        keys_ = [keys.slots(agent), keys.lease_caps(agent)]
+        args = [execution_id, self.lease_ms, max_parallel, int(remaining_seconds * 1000)]
+        return bool(run_script(self.client, self._renew, keys_, args))
 
     def release(
         self,
@@ -194,7 +190,7 @@ class Slots:
         if via is not None:
             via.add(self._release, keys_, args)
             return []
-        return decode_heads(self._release(keys=keys_, args=args))
+        return decode_heads(run_script(self.client, self._release, keys_, args))
 
     def heads(self, agent: str, max_parallel: int) -> list[str]:
         """Purge lapsed leases and return the waiters that fit in the free slots."""
@@ -216,7 +212,8 @@ class Slots:
         flight as Redis knows them, in O(1); None while Redis has lost its state (a rebuild is
         due). Submissions use it to tell they are far from the queue limit (one script: a
         pipeline of its three reads cost the client ~10 us more)."""
-        count = int(self._in_flight(keys=[keys.slots(agent), keys.waiting(agent), keys.epoch()]))
+        keys_ = [keys.slots(agent), keys.waiting(agent), keys.epoch()]
+        count = int(run_script(self.client, self._in_flight, keys_, []))
         return None if count < 0 else count
 
     def position(self, agent: str, execution_id: str) -> int | None:
