@@ -35,13 +35,24 @@ from redis.exceptions import NoScriptError, ResponseError
 Call = tuple[Script, Sequence[Any], Sequence[Any]]  #: a script, its keys, its arguments
 
 
+_forks = 0  #: forks this process came through: a lane made before a fork is not used after it
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class _Lane:
     """A thread's connection to one client's Redis, and the process and thread that made it."""
 
     def __init__(self, client: redis.Redis):
         pool = client.connection_pool
         self.conn: Any = pool.connection_class(**pool.connection_kwargs)
-        self.pid = os.getpid()
+        self.forks = _forks  # (a count, not os.getpid(): no system call per script call)
         self.owner = weakref.ref(threading.current_thread())
 
     def alive(self) -> bool:
@@ -69,11 +80,11 @@ def _lane(client: redis.Redis) -> Any:
         with _lock:
             lanes = _clients.setdefault(client, _Lanes())
     lane: _Lane | None = getattr(lanes.mine, "lane", None)
-    if lane is None or lane.pid != os.getpid():
+    if lane is None or lane.forks != _forks:
         lane = lanes.mine.lane = _Lane(client)
         with _lock:
-            ended = [x for x in lanes.all if x.pid == lane.pid and not x.alive()]
-            lanes.all = [x for x in lanes.all if x.pid == lane.pid and x.alive()] + [lane]
+            ended = [x for x in lanes.all if x.forks == lane.forks and not x.alive()]
+            lanes.all = [x for x in lanes.all if x.forks == lane.forks and x.alive()] + [lane]
         for x in ended:
             x.conn.disconnect()
     return lane.conn
@@ -84,7 +95,7 @@ def close_lanes(client: redis.Redis) -> None:
     with _lock:
         lanes = _clients.pop(client, None)
     for lane in lanes.all if lanes is not None else []:
-        if lane.pid == os.getpid():
+        if lane.forks == _forks:
             lane.conn.disconnect()
 
 
