@@ -12,10 +12,10 @@ process, its threads, keep-alive as `agx api` serves) answering the same request
   body of the same shape, nothing else;
 * wsgi: a bare WSGI function doing the same.
 
-It prints the server process's CPU (user + system, from /proc) per request, each round and
-the median, and agx's cost beyond each floor. Not a throughput figure: no workers run, and the
-client's own CPU is not counted. It uses the bench database `agx_bench` (truncated), Redis db
-14 (flushed) and a queue of its own (deleted at the end).
+It prints the server's CPU (its process group's user + system, from /proc) per request, each
+round and the median, and agx's cost beyond each floor. Not a throughput figure: no workers
+run, and the client's own CPU is not counted. It uses the bench database `agx_bench`
+(truncated), Redis db 14 (flushed) and a queue of its own (deleted at the end).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import redis  # noqa: E402
 
 from agx import procs  # noqa: E402
 from agx.embedded import free_port  # noqa: E402
-from bench.measure import delete_queues, fresh_database, wait_until  # noqa: E402
+from bench.measure import delete_queues, fresh_database, group_cpu, wait_until  # noqa: E402
 from shared.models import Agent  # noqa: E402
 from shared.services import Services  # noqa: E402
 from shared.settings import Settings, normalize_database_url  # noqa: E402
@@ -77,48 +77,39 @@ Floor("127.0.0.1:" + sys.argv[2], 1, int(sys.argv[3])).run()
 """
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def worker_pid(master: int) -> int:
-    """The one gunicorn worker under `master`."""
-    wait_until(lambda: bool(_children(master)), 30, "the gunicorn worker")
-    return _children(master)[0]
-
-
-def _children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
 def load(port: int, key: str, count: int, threads: int) -> None:
-    """`count` POSTs from `threads` keep-alive connections; every answer must be 202."""
+    """`count` POSTs from `threads` keep-alive connections; raises the first failure (a
+    connection refused, or an answer other than 202)."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    errors: list[BaseException] = []
 
     def client(k: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        for i in range(k, count, threads):
-            body = json.dumps({"message": f"api-cost-{i}"})
-            conn.request("POST", f"/api/agents/{AGENT}/task", body, headers)
-            resp = conn.getresponse()
-            answer = resp.read()
-            if resp.status != 202:
-                raise RuntimeError(f"{resp.status} {answer[:200]!r}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            for i in range(k, count, threads):
+                body = json.dumps({"message": f"api-cost-{i}"})
+                conn.request("POST", f"/api/agents/{AGENT}/task", body, headers)
+                resp = conn.getresponse()
+                answer = resp.read()
+                if resp.status != 202:
+                    raise RuntimeError(f"{resp.status} {answer[:200]!r}")
+        except BaseException as exc:
+            errors.append(exc)
 
     pool = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
     for t in pool:
         t.start()
     for t in pool:
         t.join()
+    if errors:
+        raise errors[0]
 
 
 def measure(name: str, argv: list[str], env: dict[str, str], key: str, port: int, a) -> float:
-    """Median CPU ms per request of the server started by argv, over a.rounds rounds."""
+    """Median CPU ms per request of the server started by argv (its process group: gunicorn's
+    arbiter and worker), over a.rounds rounds."""
     server = procs.spawn(argv, env=env, log=None)
     try:
-        pid = worker_pid(server.pid)
 
         def up() -> bool:
             try:
@@ -131,9 +122,9 @@ def measure(name: str, argv: list[str], env: dict[str, str], key: str, port: int
         load(port, key, a.count // 5, a.client_threads)  # warm up
         rounds = []
         for r in range(a.rounds):
-            before = cpu_seconds(pid)
+            before = group_cpu(server.pid)[0]
             load(port, key, a.count, a.client_threads)
-            rounds.append((cpu_seconds(pid) - before) / a.count * 1000)
+            rounds.append((group_cpu(server.pid)[0] - before) / a.count * 1000)
             print(f"[{name}] round {r + 1}: {rounds[-1]:.3f} ms/request", flush=True)
         return statistics.median(rounds)
     finally:
@@ -202,7 +193,7 @@ def main() -> None:
         services.close()
 
     print(
-        f"\nCPU of the server process per POST .../task ({a.count} requests x {a.rounds} "
+        f"\nCPU of the server per POST .../task ({a.count} requests x {a.rounds} "
         f"rounds, {a.client_threads} keep-alive clients, one gunicorn worker, "
         f"{a.server_threads} threads):"
     )
