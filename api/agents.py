@@ -20,10 +20,12 @@ from api.serialize import agent_dict, execution_dict, links
 from api.validation import json_body
 from api.waiting import wait_terminal
 from producer import Task, submit_execution, submit_many
-from producer.submit import MAX_BATCH, NewExecution
+from producer.submit import MAX_BATCH, NewExecution, Submitted
 from shared.agents import AgentPatch, AgentSpec, agent_values
+from shared.apikeys import Principal
 from shared.errors import Conflict
 from shared.models import Agent, Execution
+from shared.services import Services
 from shared.states import ExecutionStatus, Trigger
 from shared.store import agents
 
@@ -132,10 +134,22 @@ def delete_agent(name: str) -> Any:
 @bp.post("/<name>/task")
 @json_body(TaskRequest)
 def submit_task(name: str, body: TaskRequest) -> Any:
-    """Submit a task: 202 with the execution id, or the finished execution with `wait`."""
+    """Submit a task: 202 with the execution id, or the finished execution with `wait`.
+    (Its 202 answers without `wait` usually come from api/fast.py, which calls `submit_one`.)"""
     who = require_agent_visible(name)
     svc = services()
-    submitted = submit_execution(
+    submitted = submit_one(svc, name, body, who)
+    if not body.wait:
+        return jsonify(accepted(submitted)), 202
+    ended = wait_terminal(submitted.execution.id, svc.settings.wait_max_seconds)
+    if ExecutionStatus(ended.status).terminal:
+        return jsonify(execution_dict(ended, who)), 200
+    return jsonify(accepted(submitted, ended)), 202
+
+
+def submit_one(svc: Services, name: str, body: TaskRequest, who: Principal) -> Submitted:
+    """Submit the task of a POST .../task body for the caller `who`."""
+    return submit_execution(
         svc,
         name,
         body.message,
@@ -145,20 +159,17 @@ def submit_task(name: str, body: TaskRequest) -> Any:
         source=f"key:{who.name}",
         api_key_id=who.key_id,
     )
-    execution: Execution | NewExecution = submitted.execution
-    if body.wait:
-        ended = wait_terminal(execution.id, svc.settings.wait_max_seconds)
-        if ExecutionStatus(ended.status).terminal:
-            return jsonify(execution_dict(ended, who)), 200
-        execution = ended
-    return jsonify(
-        {
-            "execution_id": execution.id,
-            "status": execution.status,
-            "queue_position": submitted.queue_position,
-            "links": links(execution),
-        }
-    ), 202
+
+
+def accepted(submitted: Submitted, now: Execution | None = None) -> dict[str, Any]:
+    """The 202 answer to a submission (`now`: the execution as it stands after a `wait`)."""
+    execution: Execution | NewExecution = now or submitted.execution
+    return {
+        "execution_id": execution.id,
+        "status": execution.status,
+        "queue_position": submitted.queue_position,
+        "links": links(execution),
+    }
 
 
 @bp.post("/<name>/tasks")
@@ -175,13 +186,4 @@ def submit_tasks(name: str, body: BulkRequest) -> Any:
         source=f"key:{who.name}",
         api_key_id=who.key_id,
     )
-    items = [
-        {
-            "execution_id": s.execution.id,
-            "status": s.execution.status,
-            "queue_position": s.queue_position,
-            "links": links(s.execution),
-        }
-        for s in submitted
-    ]
-    return jsonify({"items": items}), 202
+    return jsonify({"items": [accepted(s) for s in submitted]}), 202

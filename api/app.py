@@ -66,6 +66,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     app.register_blueprint(pages.bp)
     _register_errors(app)
+    from api.fast import FastSubmit  # POST .../task's success path, before Flask
+
+    app.wsgi_app = FastSubmit(app)  # type: ignore[method-assign]
     return app
 
 
@@ -80,25 +83,29 @@ class _NoFlaskSessions(SessionInterface):
 
 
 def _register_errors(app: Flask) -> None:
-    @app.errorhandler(AgxError)
-    def agx_error(exc: AgxError) -> Any:
-        return jsonify(exc.to_dict()), exc.status
+    @app.errorhandler(Exception)  # AgxError, HTTPException, anything else: error_answer
+    def error(exc: Exception) -> Any:
+        status, body, headers = error_answer(exc)
+        return jsonify(body), status, headers
 
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Any:
+
+def error_answer(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, JSON body, headers) of the answer to a request whose handling raised `exc`:
+    an AgxError's own status and body, an HTTP error's code, 503 with Retry-After for what a
+    retry may cure (`transient_error`), else 500 (logged with its traceback)."""
+    if isinstance(exc, AgxError):
+        return exc.status, exc.to_dict(), {}
+    if isinstance(exc, HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return jsonify({"error": {"code": code, "message": exc.description}}), exc.code
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Any:
-        transient = transient_error(exc)
-        if transient is not None:
-            log.warning("request failed, the client may retry: %s", exc)
-            code, message = transient
-            body = jsonify({"error": {"code": code, "message": message}})
-            return body, 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        log.exception("unhandled error")
-        return jsonify({"error": {"code": "internal", "message": "internal error"}}), 500
+        return exc.code or 500, {"error": {"code": code, "message": exc.description}}, {}
+    transient = transient_error(exc)
+    if transient is not None:
+        log.warning("request failed, the client may retry: %s", exc)
+        code, message = transient
+        body = {"error": {"code": code, "message": message}}
+        return 503, body, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    log.error("unhandled error", exc_info=exc)
+    return 500, {"error": {"code": "internal", "message": "internal error"}}, {}
 
 
 RETRY_AFTER_SECONDS = 1

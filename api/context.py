@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-from flask import current_app, g, request
+from flask import Flask, current_app, g, request
 from sqlalchemy.orm import Session
 
 from shared.apikeys import EXECUTION_TOKEN_PREFIX, KeyCache, Principal
@@ -39,7 +39,11 @@ def services() -> Services:
 
 def bearer_token() -> str | None:
     """The bearer token from the Authorization header (never from the URL)."""
-    header = request.headers.get("Authorization", "")
+    return bearer_value(request.headers.get("Authorization", ""))
+
+
+def bearer_value(header: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header's value."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
@@ -63,7 +67,7 @@ def principal() -> Principal:
     if "principal" not in g:
         token = bearer_token()
         cookie = None if token else request.cookies.get(SESSION_COOKIE)
-        found = _cached(token)
+        found = cached_principal(current_app, token)
         if found is None and (token or cookie):
             with services().Session() as db:
                 found = _bearer(db, token) if token else authenticate_session(db, cookie or "")
@@ -101,7 +105,7 @@ def _bearer(db: Session, token: str) -> Principal | None:
         found = authenticate_execution(db, token)
         if found is not None:
             return found
-    cache = _key_cache()
+    cache = key_cache(current_app)
     now = time.monotonic()
     found = cache.get(token, now)
     if found is None:
@@ -111,18 +115,19 @@ def _bearer(db: Session, token: str) -> Principal | None:
     return found
 
 
-def _cached(token: str | None) -> Principal | None:
+def cached_principal(app: Flask, token: str | None) -> Principal | None:
     """The cached principal of an API key, so a busy client's request opens no session."""
     if not token or token.startswith(EXECUTION_TOKEN_PREFIX):
         return None
-    return _key_cache().get(token, time.monotonic())
+    return key_cache(app).get(token, time.monotonic())
 
 
-def _key_cache() -> KeyCache:
-    cache = current_app.extensions.get("agx_keys")
+def key_cache(app: Flask) -> KeyCache:
+    """The app's cache of authenticated API keys (AGX_KEY_CACHE_SECONDS, read at first use)."""
+    cache = app.extensions.get("agx_keys")
     if cache is None:
-        seconds = services().settings.key_cache_seconds
-        cache = current_app.extensions.setdefault("agx_keys", KeyCache(seconds))
+        seconds = app.extensions["agx"].settings.key_cache_seconds
+        cache = app.extensions.setdefault("agx_keys", KeyCache(seconds))
     return cache
 
 

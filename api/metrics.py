@@ -53,8 +53,12 @@ def instrument(app: Flask) -> None:
     def finished(response: Response) -> Response:
         rule = request.url_rule
         route = rule.rule if rule is not None else "unmatched"
-        metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        began = g.get("metrics_started")
-        if began is not None:
-            metrics.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - began)
+        count(route, request.method, response.status_code, g.get("metrics_started"))
         return response
+
+
+def count(route: str, method: str, status: int, began: float | None) -> None:
+    """Count an answered request, and time it from `began` (a perf_counter reading)."""
+    metrics.REQUESTS.labels(route, method, str(status)).inc()
+    if began is not None:
+        metrics.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - began)

@@ -75,7 +75,11 @@ def parse(model: type[M], data: Any, strict: bool = False) -> M:
 
 def read_json() -> Any:
     """The request's JSON body (None when empty), checked for depth, NUL and lone surrogates."""
-    raw = _read_body()
+    return decode_json(_read_body())
+
+
+def decode_json(raw: bytes) -> Any:
+    """A JSON body (None when empty), checked for depth, NUL and lone surrogates."""
     if not raw:
         return None
     try:
