@@ -77,7 +77,7 @@ def agx(conn: psycopg.Connection[Any], count: int) -> None:
     measure(
         conn,
         "agx submit (insert_if_room)",
-        lambda r: executions.insert_if_room(conn, r, 256, 5),
+        lambda r: executions.insert_if_room(conn, [r], 256, 5),
         rows,
     )
     ids = [row["id"] for row in rows]

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import redis
 
+from producer.combine import Combiner
 from shared import dispatch
 from shared.agents import MODEL_PATTERN
-from shared.errors import InvalidField, NotFound, QueueFull
+from shared.errors import AlreadyFired, InvalidField, NotFound, QueueFull
 from shared.models import new_id, utcnow
 from shared.services import Services
 from shared.states import IN_FLIGHT, ExecutionStatus, Trigger
@@ -167,31 +169,100 @@ def _follow_last_turn(
         row["held_for"], row["queued_at"] = last.id, row["created_at"]
 
 
-def _store(services: Services, row: dict[str, Any], chat: ChatTurn | None) -> Any:
-    """Store the row (filling in its model and queued_at) and return its agent's settings.
+def _store(
+    services: Services, row: dict[str, Any], chat: ChatTurn | None
+) -> tuple[Any, tuple[int | None, bool | None] | None]:
+    """Store the row (filling in its model and queued_at); return its agent's settings and,
+    when it was stored with others (below), its FIFO place and whether it was published.
 
-    Far from the limit: no lock, so one agent's submissions run in parallel, and one
-    autocommitted statement reads the agent and stores the row. Near or at the limit, with a
-    timeout beyond the agent's, or for a chat turn: the rows are counted under the lock."""
+    Far from the limit: no lock, so one agent's submissions run in parallel, and the rows
+    submitted at the same moment by this process's threads are stored by one of them in one
+    autocommitted statement that also reads their agent, and take their FIFO places in one
+    Redis script (`Combiner`). Near or at the limit, with a timeout beyond the agent's, or for
+    a chat turn: the rows are counted under the lock, one submission at a time."""
     timeout, name = row["timeout_seconds"], row["agent_name"]
     fast = chat is None and (timeout is None or 1 <= timeout <= MAX_TIMEOUT_SECONDS)
-    fast = fast and not _small_limit(services, name)
-    known = _known_in_flight(services, name) if fast else None
-    with services.connections.connection() as conn:
-        if fast:
-            agent = executions.insert_if_room(conn, row, LOCK_MARGIN, known)
-        else:
+    if fast and not _small_limit(services, name):
+        stored: Stored = _together(services)(row)
+        if stored.placed is not None:
+            return stored.agent, stored.placed
+        agent = stored.agent
+    else:
+        with services.connections.connection() as conn:
             agent = agents.for_submit(conn, name)
-    if agent is None:
-        raise NotFound(f"agent '{name}' does not exist")
-    _note_limit(services, agent)
-    if fast and agent.inserted:
-        row["model"], row["queued_at"] = agent.stored_model, agent.stored_queued_at
-        return agent
+        if agent is None:
+            raise NotFound(f"agent '{name}' does not exist")
+        _note_limit(services, agent)
     validate_timeout(timeout, agent)
     row["model"] = row["model"] or agent.default_model
     _insert_exactly(services, agent, row, chat)
-    return agent
+    return agent, None
+
+
+_MAKING = threading.Lock()
+
+
+class Stored(NamedTuple):
+    """A row the lock-free path handled: its agent's settings and, if it stored the row, its
+    FIFO place and publication (None: not stored; the locked path decides)."""
+
+    agent: Any
+    placed: tuple[int | None, bool | None] | None
+
+
+def _together(services: Services) -> Combiner[dict[str, Any], Stored]:
+    """The process's combiner of lock-free submissions (made at first use)."""
+    if services.submissions is None:
+        with _MAKING:
+            if services.submissions is None:
+                services.submissions = Combiner(lambda rows: _store_rows(services, rows))
+    return services.submissions  # type: ignore[no-any-return]
+
+
+def _store_rows(services: Services, rows: list[dict[str, Any]]) -> list[Stored | Exception]:
+    """The lock-free path for rows submitted together: one statement and one Redis script
+    per agent."""
+    by_agent: dict[str, list[int]] = {}
+    for k, row in enumerate(rows):
+        by_agent.setdefault(row["agent_name"], []).append(k)
+    outcomes: dict[int, Stored | Exception] = {}
+    for name, ks in by_agent.items():
+        try:
+            done = _store_agents_rows(services, name, [rows[k] for k in ks])
+        except Exception as exc:  # PostgreSQL or Redis away: the callers of these rows raise it
+            done = [exc] * len(ks)
+        outcomes.update(zip(ks, done, strict=True))
+    return [outcomes[k] for k in range(len(rows))]
+
+
+def _store_agents_rows(
+    services: Services, name: str, rows: list[dict[str, Any]]
+) -> list[Stored | Exception]:
+    """Store one agent's rows if it has room for all of them, and take their FIFO places.
+    A row the database refuses (a due time that has its run) is stored alone, as each other
+    row of its batch then is, so it refuses no other."""
+    fifo = sorted(rows, key=lambda row: row["created_at"])  # in submission order (queued_at)
+    known = _known_in_flight(services, name)
+    try:
+        with services.connections.connection() as conn:
+            agent = executions.insert_if_room(conn, fifo, LOCK_MARGIN, known)
+    except (AlreadyFired, NotFound) as refused:
+        if len(rows) == 1:
+            return [refused]
+        return [_store_agents_rows(services, name, [row])[0] for row in rows]  # each alone
+    if agent is None:
+        return [NotFound(f"agent '{name}' does not exist") for _ in rows]
+    _note_limit(services, agent)
+    if agent.inserted is None:
+        return [Stored(agent, None) for _ in rows]
+    stored = dict(zip(agent.inserted, zip(agent.models, agent.queued, strict=True), strict=True))
+    placed_rows = [row for row in fifo if row["id"] in stored]
+    for row in placed_rows:
+        row["model"], row["queued_at"] = stored[row["id"]]
+    items = [(row["id"], row["created_at"]) for row in placed_rows]
+    places = dispatch.enqueue_many(services, name, items, agent.max_parallel_tasks)
+    placed = dict(zip((row["id"] for row in placed_rows), places, strict=True))
+    return [Stored(agent, placed.get(row["id"])) for row in rows]  # in the callers' order
 
 
 def _small_limit(services: Services, agent: str) -> bool:
@@ -274,11 +345,11 @@ def submit_execution(
         parent_execution_id=parent_execution_id,
         api_key_id=api_key_id,
     )
-    agent = _store(services, row, chat)
+    agent, placed = _store(services, row, chat)
     execution = NewExecution(**row)
     if execution.held_for is not None:  # the end of the turn before it releases it
         return Submitted(execution, None, Publication.held)
-    position, published = dispatch.enqueue(
+    position, published = placed or dispatch.enqueue(
         services, agent.name, execution.id, execution.created_at, agent.max_parallel_tasks
     )
     return Submitted(execution, position, Publication.of(published))

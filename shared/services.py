@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import dramatiq
 import redis
@@ -34,6 +35,8 @@ class Services:
     #: agents whose whole queue limit the producer lately saw within its lock margin -> when
     #: (their submissions go straight to the locked path: producer/submit.py)
     small_limits: dict[str, float] = field(default_factory=dict, repr=False)
+    #: the producer's combiner of concurrent lock-free submissions (producer/submit.py)
+    submissions: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @cached_property

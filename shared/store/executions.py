@@ -3,13 +3,15 @@ paths: psycopg SQL), and the reaper's, rebuild's, stop's and the API's reads (SQ
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import psycopg
-from sqlalchemy import ColumnElement, Connection, and_, literal, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Connection, String, and_, literal, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, aliased
 
 from shared.db import one
@@ -93,30 +95,45 @@ FOR_SUBMIT = (
     " AS in_flight FROM agents a WHERE a.name = %(agent_name)s"
 )
 _STORED = {
-    "model": "coalesce(%(model)s, a.default_model)",
-    "queued_at": "CASE WHEN a.in_flight >= a.max_parallel_tasks THEN %(created_at)s END",
+    "model": "coalesce(r.model, a.default_model)",
+    "queued_at": "CASE WHEN a.in_flight + r.ord >= a.max_parallel_tasks THEN r.created_at END",
 }
-
-
-def _insert_if_room_sql(agent: str) -> str:
-    """The statement of `insert_if_room`, reading the agent with `agent`."""
-    return (
-        f"WITH a AS ({agent}), ins AS ("
-        f" INSERT INTO executions ({', '.join(COLUMNS)})"
-        f" SELECT {', '.join(_STORED.get(c, f'%({c})s') for c in COLUMNS)} FROM a"
-        " WHERE a.in_flight + %(margin)s < a.max_parallel_tasks + a.queue_limit"
-        " AND (%(timeout_seconds)s::integer IS NULL OR %(timeout_seconds)s <= a.timeout_seconds)"
-        " RETURNING model, queued_at, true AS inserted)"
-        " SELECT a.*, ins.model AS stored_model, ins.queued_at AS stored_queued_at,"
-        " coalesce(ins.inserted, false) AS inserted FROM a LEFT JOIN ins ON true"
-    )
-
-
-_INSERT_IF_ROOM = _insert_if_room_sql(FOR_SUBMIT)
-_INSERT_IF_ROOM_GIVEN = _insert_if_room_sql(
+_GIVEN = (
     "SELECT name, max_parallel_tasks, queue_limit, timeout_seconds, default_model,"
     " %(in_flight)s::bigint AS in_flight FROM agents WHERE name = %(agent_name)s"
 )
+#: Most rows `insert_if_room` takes at once (each count of rows is a statement of its own).
+MOST_AT_ONCE = 32
+
+
+@functools.lru_cache(maxsize=2 * MOST_AT_ONCE)
+def _insert_if_room_sql(count: int, counted: bool) -> str:
+    """The statement of `insert_if_room` for `count` rows, the in-flight count `counted` by
+    PostgreSQL or given."""
+    columns = ", ".join(COLUMNS)
+    values = ", ".join(
+        f"({k}, " + ", ".join(f"%({c}_{k})s::{_column_type(c)}" for c in COLUMNS) + ")"
+        for k in range(count)
+    )
+    return (
+        f"WITH a AS ({FOR_SUBMIT if counted else _GIVEN}), r (ord, {columns}) AS (VALUES {values}),"
+        f" ins AS (INSERT INTO executions ({columns})"
+        f" SELECT {', '.join(_STORED.get(c, f'r.{c}') for c in COLUMNS)} FROM a, r"
+        " WHERE a.in_flight + %(margin)s < a.max_parallel_tasks + a.queue_limit"
+        " AND (r.timeout_seconds IS NULL OR r.timeout_seconds <= a.timeout_seconds)"
+        " RETURNING id, model, queued_at)"
+        " SELECT a.*, i.ids AS inserted, i.models, i.queued FROM a, (SELECT array_agg(id) AS ids,"
+        " array_agg(model) AS models, array_agg(queued_at) AS queued FROM ins) i"
+    )
+
+
+def _column_type(column: str) -> str:
+    """The type a placeholder of an executions column is cast to (a NULL has none): `text`
+    for strings, so a value too long for its column fails the INSERT instead of being cut."""
+    kind = Execution.__table__.c[column].type
+    return "text" if isinstance(kind, String) else str(kind.compile(dialect=postgresql.dialect()))
+
+
 _COPY = f"COPY executions ({', '.join(COLUMNS)}) FROM STDIN"
 # The writes that find one execution by id test its other columns with IS NOT DISTINCT FROM
 # (the same as = for these NOT NULL columns), which no index can serve: the primary key is
@@ -197,29 +214,34 @@ def insert(conn: Conn, row: dict[str, Any]) -> None:
     """INSERT a submitted row (every column of COLUMNS); the database's refusals become the
     errors callers handle: AlreadyFired for a due time that has its run, NotFound for an
     agent deleted since it was read."""
-    _refusals(conn, _INSERT, row)
+    _refusals(conn, _INSERT, row, row)
 
 
 def insert_if_room(
-    conn: Conn, row: dict[str, Any], margin: int, in_flight: int | None = None
+    conn: Conn, rows: Sequence[dict[str, Any]], margin: int, in_flight: int | None = None
 ) -> Any:
-    """In one statement: read the agent (what a submission checks, with its in-flight count:
-    `in_flight` when given, else counted) and INSERT the row if the agent has room for `margin`
-    more and the row's timeout is within the agent's. The row's NULL model becomes the agent's
-    default and its queued_at is set when every slot is taken. Returns None when there is no
-    such agent, else the agent's (name, max_parallel_tasks, queue_limit, timeout_seconds,
-    default_model, in_flight) and `inserted`, with the stored `stored_model` and
-    `stored_queued_at`."""
-    if in_flight is None:
-        return _refusals(conn, _INSERT_IF_ROOM, {**row, "margin": margin})
-    params = {**row, "margin": margin, "in_flight": in_flight}
-    return _refusals(conn, _INSERT_IF_ROOM_GIVEN, params)
+    """In one statement: read the agent of `rows` (one agent's, at most MOST_AT_ONCE) with its
+    in-flight count (`in_flight` when given, else counted), and, if it has room for all of
+    them and `margin` more, INSERT those whose timeout is within the agent's. A row's NULL model
+    becomes the agent's default and its queued_at is set when every slot is taken (counting
+    the rows before it). Returns None when there is no such agent, else the agent's (name,
+    max_parallel_tasks, queue_limit, timeout_seconds, default_model, in_flight) and the
+    `inserted` ids (None: none), with their stored `models` and `queued` times in that order."""
+    params: dict[str, Any] = {
+        "agent_name": rows[0]["agent_name"],
+        "margin": margin + len(rows) - 1,
+        "in_flight": in_flight,
+    }
+    for k, row in enumerate(rows):
+        params.update((f"{c}_{k}", row[c]) for c in COLUMNS)
+    return _refusals(conn, _insert_if_room_sql(len(rows), in_flight is None), params, rows[0])
 
 
-def _refusals(conn: Conn, sql: str, row: dict[str, Any]) -> Any:
-    """Run an INSERT of a submitted row, turning the database's refusals into errors."""
+def _refusals(conn: Conn, sql: str, params: dict[str, Any], row: dict[str, Any]) -> Any:
+    """Run an INSERT of submitted rows (`row` one of them), turning the database's refusals
+    into errors."""
     try:
-        return one(conn, sql, row)
+        return one(conn, sql, params)
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.constraint_name != "one_fire_per_due_time":
             raise
