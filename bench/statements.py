@@ -43,15 +43,20 @@ def backend_cpu(pid: int) -> float:
 
 
 def measure(
-    conn: psycopg.Connection[Any], name: str, work: Callable[[Any], Any], items: Sequence[Any]
+    conn: psycopg.Connection[Any],
+    name: str,
+    work: Callable[[Any], Any],
+    items: Sequence[Any],
+    per: int = 1,
 ) -> None:
-    """Run `work` on each item and print the backend's CPU and the wall time per call."""
+    """Run `work` on each item and print the backend's CPU and the wall time per call (per
+    row, for calls that each take `per` rows)."""
     pid = conn.info.backend_pid
     cpu, wall = backend_cpu(pid), time.monotonic()
     for item in items:
         work(item)
-    cpu, wall = backend_cpu(pid) - cpu, time.monotonic() - wall
-    print(f"{name:<34}{cpu / len(items) * 1e6:>10.0f}{wall / len(items) * 1e6:>10.0f}")
+    cpu, wall, n = backend_cpu(pid) - cpu, time.monotonic() - wall, len(items) * per
+    print(f"{name:<34}{cpu / n * 1e6:>10.0f}{wall / n * 1e6:>10.0f}")
 
 
 def prepare(conn: psycopg.Connection[Any]) -> None:
@@ -68,12 +73,7 @@ def prepare(conn: psycopg.Connection[Any]) -> None:
 
 def agx(conn: psycopg.Connection[Any], count: int) -> None:
     """agx's three statements per execution, through its store."""
-    rows = []
-    for _ in range(count):
-        row = dict.fromkeys(executions.COLUMNS)
-        row.update(id=new_id(), agent_name=AGENT, status="pending", triggered_by="manual")
-        row.update(message="hello", created_at=utcnow(), attempt=0)
-        rows.append(row)
+    rows = _rows(count)
     measure(
         conn,
         "agx submit (insert_if_room)",
@@ -86,6 +86,21 @@ def agx(conn: psycopg.Connection[Any], count: int) -> None:
     done = ExecutionStatus.completed
     finish = lambda i: executions.finish(conn, i, 1, done, OUTCOME, ("hello", 1, False))  # noqa: E731
     measure(conn, "agx terminal write + transcript", finish, ids)
+    fours = _rows(count)
+    groups = [fours[k : k + 4] for k in range(0, len(fours) - 3, 4)]
+    insert = lambda g: executions.insert_if_room(conn, g, 256, 5)  # noqa: E731
+    measure(conn, "agx submit, 4 together (per row)", insert, groups, per=4)
+
+
+def _rows(count: int) -> list[dict[str, Any]]:
+    """`count` new pending rows of the bench agent."""
+    rows = []
+    for _ in range(count):
+        row = dict.fromkeys(executions.COLUMNS)
+        row.update(id=new_id(), agent_name=AGENT, status="pending", triggered_by="manual")
+        row.update(message="hello", created_at=utcnow(), attempt=0)
+        rows.append(row)
+    return rows
 
 
 def bare(conn: psycopg.Connection[Any], count: int) -> None:

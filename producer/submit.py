@@ -215,7 +215,9 @@ def _together(services: Services) -> Combiner[dict[str, Any], Stored]:
     if services.submissions is None:
         with _MAKING:
             if services.submissions is None:
-                services.submissions = Combiner(lambda rows: _store_rows(services, rows))
+                services.submissions = Combiner(
+                    lambda rows: _store_rows(services, rows), most=executions.MOST_AT_ONCE
+                )
     return services.submissions  # type: ignore[no-any-return]
 
 
