@@ -1,5 +1,6 @@
 """PostgreSQL's own CPU per statement: agx's submit, claim and terminal write beside the bare
-peer's INSERT and two UPDATEs (bench/bare_peer.py), one statement at a time on one connection.
+peer's INSERT and two UPDATEs (bench/bare_peer.py), one statement at a time on one connection,
+and agx's submit of four rows stored together (as concurrent submissions are), per row.
 
     python bench/statements.py [--count 3000] [--db-url postgresql://.../agx_bench]
 
