@@ -5,9 +5,13 @@ the submission is Flask's own and nothing is stored twice or by a refused reques
 from __future__ import annotations
 
 import dataclasses
+import http.client
+import json
 import re
+import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -229,3 +233,40 @@ def test_fast_answers_are_counted_by_route_and_status(api, make_agent):
         api.fast("/api/agents/demo/task", json={"message": f"m{i}"})
     api.fast("/api/agents/ghost/task", json={"message": "nobody"})
     assert counted("202") == accepted + 3 and counted("404") == missing + 1
+
+
+def test_a_real_api_stores_concurrent_submissions_once_each(
+    api_url, services, admin_key, make_agent
+):
+    """Through gunicorn (agx api), 8 keep-alive clients submitting at once: every submission
+    answered 202 once and stored once, with its own id; a refusal is still Flask's JSON."""
+    make_agent("demo", queue_limit=1000)
+    parts = urlsplit(api_url)
+    headers = {"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"}
+    answers: dict[str, Any] = {}
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+        for i in range(25):
+            message = f"client {k} task {i}"
+            conn.request("POST", "/api/agents/demo/task", json.dumps({"message": message}), headers)
+            resp = conn.getresponse()
+            answers[message] = (resp.status, json.loads(resp.read()))
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == 200 and {status for status, _ in answers.values()} == {202}
+    stored = {row.id: row.message for row in _rows(services)}
+    assert len(stored) == 200
+    assert {body["execution_id"]: m for m, (_, body) in answers.items()} == stored
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    conn.request("POST", "/api/agents/demo/task", json.dumps({"message": "a\x00b"}), headers)
+    resp = conn.getresponse()
+    body = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 422 and body["error"]["field"] == "message"
+    assert len(_rows(services)) == 200
