@@ -35,7 +35,6 @@ from shared.agents import SLUG
 from shared.apikeys import Principal
 from shared.errors import InvalidField
 
-ROUTE = "/api/agents/<name>/task"  #: the route's template, as Flask's metrics label it
 #: A name that no agent can have (not a slug: non-ASCII, a NUL) is left to Flask's 404.
 PATH = re.compile(f"/api/agents/({SLUG.strip('^$')})/task")
 
@@ -48,6 +47,8 @@ class FastSubmit:
     def __init__(self, app: Flask):
         self.app = app
         self.flask = app.wsgi_app
+        #: the route's template, as Flask's request metrics label it
+        self.route = next(app.url_map.iter_rules("agents.submit_task")).rule
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") == "POST":
@@ -80,7 +81,7 @@ class FastSubmit:
         except Exception as exc:  # as Flask's error handler would answer it
             code, answer, extra = error_answer(exc)
         data = self.app.json.dumps(answer, separators=(",", ":")).encode() + b"\n"  # as jsonify
-        count(ROUTE, "POST", code, began)
+        count(self.route, "POST", code, began)
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
         return f"{code} {HTTP_STATUS_CODES[code].upper()}", data, headers + list(extra.items())
 
@@ -94,7 +95,8 @@ class FastSubmit:
             return None
         if not 0 < int(length) <= (self.app.config["MAX_CONTENT_LENGTH"] or 0):
             return None
+        # Only API keys are cached: an execution token or a session cookie goes to Flask.
         who = cached_principal(self.app, bearer_value(environ.get("HTTP_AUTHORIZATION", "")))
-        if who is None or who.execution_id or not who.may_see(name):
+        if who is None or not who.may_see(name):
             return None
         return who

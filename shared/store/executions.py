@@ -214,7 +214,7 @@ def insert(conn: Conn, row: dict[str, Any]) -> None:
     """INSERT a submitted row (every column of COLUMNS); the database's refusals become the
     errors callers handle: AlreadyFired for a due time that has its run, NotFound for an
     agent deleted since it was read."""
-    _refusals(conn, _INSERT, row, row)
+    _refusals(conn, _INSERT, row)
 
 
 def insert_if_room(
@@ -237,9 +237,12 @@ def insert_if_room(
     return _refusals(conn, _insert_if_room_sql(len(rows), in_flight is None), params, rows[0])
 
 
-def _refusals(conn: Conn, sql: str, params: dict[str, Any], row: dict[str, Any]) -> Any:
-    """Run an INSERT of submitted rows (`row` one of them), turning the database's refusals
-    into errors."""
+def _refusals(
+    conn: Conn, sql: str, params: dict[str, Any], row: dict[str, Any] | None = None
+) -> Any:
+    """Run an INSERT of submitted rows (`row` one of them; by default `params` is the row),
+    turning the database's refusals into errors."""
+    row = params if row is None else row
     try:
         return one(conn, sql, params)
     except psycopg.errors.UniqueViolation as exc:
