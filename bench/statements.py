@@ -1,6 +1,7 @@
 """PostgreSQL's own CPU per statement: agx's submit, claim and terminal write beside the bare
 peer's INSERT and two UPDATEs (bench/bare_peer.py), one statement at a time on one connection,
-and agx's submit of four rows stored together (as concurrent submissions are), per row.
+and agx's submit and terminal write of four rows together (as concurrent submissions, and
+runs a worker's threads end at once, are written), per row.
 
     python bench/statements.py [--count 3000] [--db-url postgresql://.../agx_bench]
 
@@ -91,6 +92,13 @@ def agx(conn: psycopg.Connection[Any], count: int) -> None:
     groups = [fours[k : k + 4] for k in range(0, len(fours) - 3, 4)]
     insert = lambda g: executions.insert_if_room(conn, g, 256, 5)  # noqa: E731
     measure(conn, "agx submit, 4 together (per row)", insert, groups, per=4)
+    ids = [row["id"] for group in groups for row in group]
+    for i in ids:
+        executions.claim_returning(conn, i, AGENT, "bench:1:1", uuid.uuid4().hex * 2)
+    runs = [executions.Finish(i, 1, done, OUTCOME, ("hello", 1, False)) for i in ids]
+    finishes = [runs[k : k + 4] for k in range(0, len(runs), 4)]
+    together = lambda g: executions.finish_together(conn, g)  # noqa: E731
+    measure(conn, "agx terminal write, 4 together", together, finishes, per=4)
 
 
 def _rows(count: int) -> list[dict[str, Any]]:

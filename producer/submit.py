@@ -15,9 +15,9 @@ from typing import Any, NamedTuple
 import psycopg
 import redis
 
-from producer.combine import Combiner
 from shared import dispatch
 from shared.agents import MODEL_PATTERN
+from shared.combine import Combiner
 from shared.errors import AlreadyFired, InvalidField, NotFound, QueueFull
 from shared.models import new_id, utcnow
 from shared.services import Services

@@ -72,7 +72,8 @@ def _store_executions(conn, agent: str, status: str, count: int) -> list[str]:
 
 
 def test_writes_to_one_execution_find_it_by_primary_key_at_any_depth(services, make_agent):
-    """A claim, a terminal write, a heartbeat and a parking stamp read one row, however many
+    """A claim, a terminal write (one run's, or eight together), a heartbeat and a parking stamp
+    read their rows, however many
     executions are in flight: with the agent's 600 queued and 200 running, on the statistics
     of an emptied table, each plan (for its values, and generic) goes in by the primary key."""
     from shared.models import utcnow
@@ -85,19 +86,25 @@ def test_writes_to_one_execution_find_it_by_primary_key_at_any_depth(services, m
         for execution_id in ids[:200]:
             store.claim_returning(conn, execution_id, "deep", "w", None)
         target = ids[400]
-        outcome = {name: None for name in store.OUTCOME_FIELDS}
+        finishes = {"now": now, "stopped": "s"}
+        for k, execution_id in enumerate([target, *ids[1:8]]):
+            finishes |= {f"{name}_{k}": None for name in store.OUTCOME_FIELDS}
+            finishes |= {f"id_{k}": execution_id, f"attempt_{k}": 1, f"status_{k}": "completed"}
+            finishes |= {f"content_{k}": "t", f"line_count_{k}": 1, f"truncated_{k}": False}
         writes = {
             store._CLAIM_RETURNING: {"id": target, "agent": "deep", "now": now}
             | {"worker": "w", "token_hash": None},
-            store._FINISH: outcome
-            | {"id": target, "attempt": 1, "status": "completed", "now": now, "stopped": "s"},
+            store._finish_sql(1): finishes,  # one run's terminal write
+            store._finish_sql(8): finishes,  # eight runs' together
             store._HEARTBEAT: {"id": target, "attempt": 1, "now": now},
             store._QUEUED: {"id": target, "now": now},
         }
         for sql, params in writes.items():
             plan = _plans(conn, sql, params)
             scans = [line for line in plan if "Scan" in line and " on executions" in line]
-            assert scans and all("using executions_pkey" in line for line in scans), (sql, plan)
+            assert scans and all("using executions_pkey" in line for line in scans), "\n".join(
+                [sql, *plan]
+            )
 
 
 def test_a_conversations_last_turn_is_read_through_the_session_indexes(services, make_agent):

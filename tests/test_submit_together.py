@@ -1,5 +1,5 @@
 """Submissions made at the same moment by one process's threads are stored together (one
-statement and one Redis script per agent, `producer.combine.Combiner`), and each still gets
+statement and one Redis script per agent, `shared.combine.Combiner`), and each still gets
 exactly what it would have got alone: its row, its FIFO place, or its own refusal."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from producer import submit_execution
-from producer.combine import Combiner
 from producer.submit import Publication
+from shared.combine import Combiner
 from shared.errors import AlreadyFired, InvalidField, NotFound
 from shared.models import Execution
 from shared.states import Trigger

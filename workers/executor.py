@@ -19,6 +19,7 @@ import redis
 
 from shared import dispatch, logs, metrics
 from shared.apikeys import hash_key, new_execution_token
+from shared.combine import Combiner
 from shared.events import EventWriter
 from shared.models import id_time_us
 from shared.rebuild import ensure_epoch
@@ -28,7 +29,7 @@ from shared.services import Services
 from shared.slots import Admission, decode_heads
 from shared.states import STOPPED_ERROR, AgentOutput, ExecutionStatus
 from shared.store import agents, executions
-from shared.store.executions import Claimed, Written
+from shared.store.executions import Claimed, Finish, Written
 from workers.control import StopListener
 from workers.drain import DRAIN_ERROR
 from workers.groups import GroupRegistry
@@ -152,6 +153,8 @@ class Executor:
         self._agents: dict[str, tuple[float, AgentConfig | None]] = {}
         self.stopping = threading.Event()  #: set when the worker shuts down: promote, not run
         self._inline = threading.local()  #: `until`: this thread's deadline for promoted runs
+        #: the terminal writes of runs this process's threads end at the same moment, together
+        self._finishes = Combiner(self._finish_together, executions.MOST_FINISHED_AT_ONCE)
 
     @property
     def worker_id(self) -> str:
@@ -396,39 +399,52 @@ class Executor:
             )
         if fields.get("error"):
             fields["error"] = capture.scrub(fields["error"])  # a stderr tail may print the env
-        stored = capture.stored(outcome)
-
-        def write(conn: psycopg.Connection[Any]) -> Written | None:
-            return executions.finish(conn, job.execution_id, job.attempt, status, fields, stored)
-
-        final = self._write_terminal(job, write, watch, capture.events)
+        run = Finish(job.execution_id, job.attempt, status, fields, capture.stored(outcome))
+        final = self._write_terminal(run, watch, capture.events)
         if final is not None:
             metrics.record_run(job.agent.name, job.triggered_by, final.status, fields)
             extra = logs.fields(job.execution_id, job.agent.name, status=final.status)
             log.info("execution ended (attempt %s)", job.attempt, extra=extra)
         return final
 
-    def _write_terminal(
-        self,
-        job: Job,
-        write: Callable[[psycopg.Connection[Any]], Written | None],
-        watch: Watch,
-        events: EventWriter,
-    ) -> Written | None:
-        """Run the terminal write, retried while the lease is held and PostgreSQL is away."""
+    def _write_terminal(self, run: Finish, watch: Watch, events: EventWriter) -> Written | None:
+        """Make the terminal write (with those of runs other threads end meanwhile), retried
+        while the lease is held and PostgreSQL is away."""
         delay = RETRY_FIRST_SECONDS
         while True:
             try:
-                return self._one_statement(write)
+                return self._finishes(run)
             except BaseException as exc:
                 # Lingering lines must reach the stream first: if this worker gives up, the
                 # reaper judges the run from it (a result line there means it completed).
                 events.flush()
                 if not isinstance(exc, psycopg.OperationalError) or not watch.holds_lease():
                     raise
-            log.warning("terminal write of %s failed; retrying in %.1f s", job.execution_id, delay)
+            log.warning("terminal write of %s failed; retrying in %.1f s", run.execution_id, delay)
             time.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    def _finish_together(self, runs: list[Finish]) -> list[Written | None | BaseException]:
+        """The terminal writes of runs that ended at the same moment, in one statement. If it
+        fails for another reason than the database being away, each is written alone, so
+        that a run's own failure fails no other run's write."""
+        try:
+            return list(self._finish(runs))
+        except psycopg.OperationalError:
+            raise  # each run's thread tries again while it holds its lease
+        except Exception:
+            if len(runs) == 1:
+                raise
+        outcomes: list[Written | None | BaseException] = []
+        for run in runs:
+            try:
+                outcomes.append(self._finish([run])[0])
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _finish(self, runs: list[Finish]) -> list[Written | None]:
+        return self._one_statement(lambda conn: executions.finish_together(conn, runs))
 
 
 def unstartable(job: Job) -> str | None:

@@ -150,24 +150,48 @@ _CLAIM_RETURNING = (
     " RETURNING attempt, message, model, resume_session_id, chat_session_id, timeout_seconds,"
     " triggered_by, created_at"
 )
+# The terminal write: CAS running(attempt) -> terminal, for one run or several at once (a worker
+# process's threads that finish at the same moment write together: one statement, one commit;
+# each run's UPDATE finds its row by primary key alone, as the other writes by id do: one
+# UPDATE ... FROM a VALUES list was planned as a scan of the table on thin statistics).
 # A stop accepted before this write wins over whatever the run produced (invariant 2,
-# docs/architecture.md).
-_FINISH = (
+# docs/architecture.md). The execution token dies with the run: its hash is cleared (it
+# authenticates a running attempt only), which also spares its index an entry per run. The
+# transcript goes in with the write, in the same round trip, and only where it won.
+_FINISH_ONE = (
     "UPDATE executions SET"
-    " status = CASE WHEN cancel_requested_at IS NULL THEN %(status)s ELSE 'cancelled' END,"
-    " error = CASE WHEN cancel_requested_at IS NULL THEN %(error)s ELSE %(stopped)s END,"
-    " completed_at = %(now)s, "
-    + ", ".join(f"{name} = %({name})s" for name in OUTCOME_FIELDS if name != "error")
-    + " WHERE id = %(id)s AND status IS NOT DISTINCT FROM 'running' AND attempt = %(attempt)s"
+    " status = CASE WHEN cancel_requested_at IS NULL THEN %(status_K)s ELSE 'cancelled' END,"
+    " error = CASE WHEN cancel_requested_at IS NULL THEN %(error_K)s ELSE %(stopped)s END,"
+    " completed_at = %(now)s, token_hash = NULL, "
+    + ", ".join(f"{name} = %({name}_K)s" for name in OUTCOME_FIELDS if name != "error")
+    + " WHERE id = %(id_K)s AND status IS NOT DISTINCT FROM 'running' AND attempt = %(attempt_K)s"
     " RETURNING id, status, error, response"
 )
-# The transcript goes in with the terminal write, in one round trip, and only if it won.
-_FINISH_WITH_TRANSCRIPT = (
-    f"WITH done AS ({_FINISH}),"
-    " saved AS (INSERT INTO transcripts (execution_id, content, line_count, truncated)"
-    " SELECT id, %(content)s, %(line_count)s, %(truncated)s FROM done)"
-    " SELECT id, status, error, response FROM done"
+_SAVE_ONE = (
+    "INSERT INTO transcripts (execution_id, content, line_count, truncated)"
+    " SELECT id, %(content_K)s, %(line_count_K)s, %(truncated_K)s FROM doneK"
+    " WHERE %(content_K)s::text IS NOT NULL"
 )
+#: Most terminal writes `finish_together` makes in one statement.
+MOST_FINISHED_AT_ONCE = 16
+
+
+@functools.lru_cache(maxsize=MOST_FINISHED_AT_ONCE)
+def _finish_sql(count: int) -> str:
+    """The terminal write of `count` runs (parameters suffixed with each one's place),
+    answering the written rows' columns as arrays."""
+    writes = ", ".join(
+        f"done{k} AS ({_FINISH_ONE.replace('_K)', f'_{k})')}),"
+        f" saved{k} AS ({_SAVE_ONE.replace('_K)', f'_{k})').replace('doneK', f'done{k}')})"
+        for k in range(count)
+    )
+    done = " UNION ALL ".join(f"SELECT * FROM done{k}" for k in range(count))
+    return (
+        f"WITH {writes} SELECT array_agg(id) AS ids, array_agg(status) AS statuses,"
+        f" array_agg(error) AS errors, array_agg(response) AS responses FROM ({done}) written"
+    )
+
+
 _HEARTBEAT = (
     "UPDATE executions SET heartbeat_at = %(now)s"
     " WHERE id = %(id)s AND attempt = %(attempt)s AND status IS NOT DISTINCT FROM 'running'"
@@ -281,6 +305,18 @@ def claim_returning(
     return None if row is None else Claimed(*row)
 
 
+class Finish(NamedTuple):
+    """One run's terminal write: its fencing token (attempt), status and outcome fields (those
+    of OUTCOME_FIELDS not given are stored as NULL), and its transcript (content, line count,
+    truncated) if it has one."""
+
+    execution_id: str
+    attempt: int
+    status: ExecutionStatus
+    fields: dict[str, Any]
+    transcript: tuple[str, int, bool] | None = None
+
+
 def finish(
     conn: Conn,
     execution_id: str,
@@ -291,15 +327,33 @@ def finish(
 ) -> Written | None:
     """CAS running(attempt) -> terminal, with the transcript (content, line count, truncated)
     if given; returns the row as written, or None when it had moved on."""
-    assert status.terminal
-    params = {name: fields.get(name) for name in OUTCOME_FIELDS}
-    params.update(
-        id=execution_id, attempt=attempt, status=status.value, now=utcnow(), stopped=STOPPED_ERROR
-    )
-    if transcript is not None:
-        params.update(content=transcript[0], line_count=transcript[1], truncated=transcript[2])
-    row = one(conn, _FINISH if transcript is None else _FINISH_WITH_TRANSCRIPT, params)
-    return None if row is None else Written(*row)
+    return finish_together(conn, [Finish(execution_id, attempt, status, fields, transcript)])[0]
+
+
+def finish_together(conn: Conn, runs: Sequence[Finish]) -> list[Written | None]:
+    """The terminal writes of several runs (at most MOST_FINISHED_AT_ONCE, each execution once)
+    in one statement; each run's row as written, or None where it had moved on."""
+    params: dict[str, Any] = {"now": utcnow(), "stopped": STOPPED_ERROR}
+    for k, run in enumerate(runs):
+        assert run.status.terminal
+        content, lines, truncated = run.transcript or (None, None, None)
+        params.update((f"{c}_{k}", run.fields.get(c)) for c in OUTCOME_FIELDS)
+        params.update(
+            {
+                f"id_{k}": run.execution_id,
+                f"attempt_{k}": run.attempt,
+                f"status_{k}": run.status.value,
+                f"content_{k}": content,
+                f"line_count_{k}": lines,
+                f"truncated_{k}": truncated,
+            }
+        )
+    row = one(conn, _finish_sql(len(runs)), params)
+    written = {}
+    if row is not None and row.ids is not None:
+        for values in zip(row.ids, row.statuses, row.errors, row.responses, strict=True):
+            written[values[0]] = Written(*values)
+    return [written.get(run.execution_id) for run in runs]
 
 
 def heartbeat(

@@ -1,0 +1,187 @@
+"""Terminal writes made together: the runs a worker process's threads end at the same moment
+are written in one statement (`executions.finish_together`), and each run still gets exactly
+the outcome its own write would have had: its CAS, a stop accepted before it, its transcript,
+or its own failure."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from producer import submit_execution
+from shared.models import Execution, Transcript
+from shared.services import Services
+from shared.states import STOPPED_ERROR, ExecutionStatus
+from shared.store import executions
+from shared.store.executions import Finish
+from tests.conftest import statuses
+from workers.executor import Executor
+
+DONE = ExecutionStatus.completed
+
+
+def _claimed(services: Services, agent: str, count: int) -> list[tuple[str, int]]:
+    """`count` executions of the agent, claimed: (id, attempt) each."""
+    out = []
+    for i in range(count):
+        eid = submit_execution(services, agent, f"run {i}").execution.id
+        with services.Session.begin() as session:
+            claimed = executions.claim_returning(session, eid, agent, "w", f"{i:064d}")
+        out.append((eid, claimed.attempt))
+    return out
+
+
+def test_each_run_written_together_gets_its_own_outcome(services, make_agent):
+    """Four runs in one statement: one wins, one's attempt is stale, one was stopped first
+    (cancelled, whatever it produced), one has no transcript. Only winners store transcripts;
+    every written run's execution token is gone with it."""
+    make_agent("demo", max_parallel_tasks=4)
+    (won, a1), (stale, a2), (stopped, a3), (bare, a4) = _claimed(services, "demo", 4)
+    with services.Session.begin() as session:
+        session.execute(
+            text("UPDATE executions SET cancel_requested_at = now() WHERE id = :id"),
+            {"id": stopped},
+        )
+    runs = [
+        Finish(won, a1, DONE, {"response": "ok", "cost": 0.5, "num_turns": 2}, ("w", 1, False)),
+        Finish(stale, a2 + 1, ExecutionStatus.failed, {"error": "late"}, ("s", 1, False)),
+        Finish(stopped, a3, DONE, {"response": "anyway"}, ("c", 2, True)),
+        Finish(bare, a4, ExecutionStatus.failed, {"error": "boom"}),
+    ]
+    with services.connections.connection() as conn:
+        written = executions.finish_together(conn, runs)
+    assert [None if w is None else tuple(w) for w in written] == [
+        (won, "completed", None, "ok"),
+        None,
+        (stopped, "cancelled", STOPPED_ERROR, "anyway"),
+        (bare, "failed", "boom", None),
+    ]
+    with services.Session() as session:
+        rows = {eid: session.get(Execution, eid) for eid in (won, stale, stopped, bare)}
+        kept = {t.execution_id: t for t in session.query(Transcript)}
+    assert rows[won].cost == pytest.approx(0.5) and rows[won].num_turns == 2
+    assert rows[stale].status == "running", "a stale attempt writes nothing"
+    assert {eid: (t.content, t.line_count, t.truncated) for eid, t in kept.items()} == {
+        won: ("w", 1, False),
+        stopped: ("c", 2, True),
+    }
+    assert [rows[eid].token_hash for eid in (won, stopped, bare)] == [None] * 3
+    assert rows[stale].token_hash is not None, "the running attempt's token still works"
+    assert all(rows[eid].completed_at is not None for eid in (won, stopped, bare))
+
+
+class Held:
+    """Wraps `executions.finish_together`: its first call waits until `others` more runs wait
+    for the next statement; records the runs of every call."""
+
+    def __init__(self, executor: Executor, others: int):
+        self.real = executions.finish_together
+        self.executor = executor
+        self.others = others
+        self.calls: list[list[str]] = []
+
+    def __call__(self, conn: Any, runs: list[Finish]) -> Any:
+        self.calls.append([run.execution_id for run in runs])
+        if len(self.calls) == 1:
+            deadline = time.monotonic() + 20
+            while len(self.executor._finishes._waiting) < self.others:
+                assert time.monotonic() < deadline, "the other runs never came to be written"
+                time.sleep(0.01)
+        return self.real(conn, runs)
+
+
+def _run_all(executor: Executor, ids: list[str], held: Held) -> dict[str, BaseException | None]:
+    """Handle each execution on a thread of its own, the first alone until its terminal write
+    has begun; what each raised."""
+    raised: dict[str, BaseException | None] = {}
+
+    def handle(eid: str) -> None:
+        try:
+            executor.handle(eid, "demo")
+            raised[eid] = None
+        except BaseException as exc:
+            raised[eid] = exc
+
+    threads = [threading.Thread(target=handle, args=(eid,)) for eid in ids]
+    threads[0].start()
+    deadline = time.monotonic() + 20
+    while not held.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return raised
+
+
+def test_runs_a_worker_ends_at_once_are_written_in_one_statement(
+    settings, services, make_agent, monkeypatch
+):
+    """Four runs on four threads of one worker: while the first one's write is under way the
+    other three wait, and then go in one statement; all four are stored in full."""
+    make_agent("demo", max_parallel_tasks=4)
+    ids = [submit_execution(services, "demo", f"together {i}").execution.id for i in range(4)]
+    worker = Services(settings, pool_size=4, pre_ping=False, autocommit=True)
+    executor = Executor(worker)
+    held = Held(executor, others=3)
+    monkeypatch.setattr(executions, "finish_together", held)
+    try:
+        raised = _run_all(executor, ids, held)
+    finally:
+        worker.close()
+    assert raised == dict.fromkeys(ids)
+    assert held.calls[0] == [ids[0]] and sorted(held.calls[1]) == sorted(ids[1:])
+    assert len(held.calls) == 2
+    with services.Session() as session:
+        for eid in ids:
+            row = session.get(Execution, eid)
+            assert (row.status, row.response) == ("completed", f"demo: {row.message}")
+            assert "demo: together" in session.get(Transcript, eid).content
+
+
+def test_a_run_whose_write_fails_fails_no_other_run_written_with_it(
+    settings, services, make_agent, monkeypatch
+):
+    """One run's transcript is refused (a trigger stands in for any error of its own): its
+    thread raises and its row stays running, for the reaper to settle from its stream; the
+    runs written in the same statement are stored as if each had been written alone."""
+    make_agent("demo", max_parallel_tasks=4)
+    messages = ["fine 0", "fine 1", "poison 2", "fine 3"]
+    ids = [submit_execution(services, "demo", m).execution.id for m in messages]
+    with services.engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN IF NEW.content LIKE '%poison%' THEN"
+                " RAISE EXCEPTION 'transcript refused'; END IF; RETURN NEW; END $$;"
+                " CREATE TRIGGER refuse_poison BEFORE INSERT ON transcripts"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
+            )
+        )
+    worker = Services(settings, pool_size=4, pre_ping=False, autocommit=True)
+    executor = Executor(worker)
+    held = Held(executor, others=3)
+    monkeypatch.setattr(executions, "finish_together", held)
+    try:
+        raised = _run_all(executor, ids, held)
+    finally:
+        worker.close()
+        with services.engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER refuse_poison ON transcripts"))
+            conn.execute(text("DROP FUNCTION refuse_poison()"))
+    assert isinstance(raised.pop(ids[2]), psycopg.errors.RaiseException)
+    assert raised == dict.fromkeys([ids[0], ids[1], ids[3]])
+    assert statuses(services, ids) == {
+        ids[0]: "completed",
+        ids[1]: "completed",
+        ids[2]: "running",
+        ids[3]: "completed",
+    }
+    first, together, *alone = held.calls
+    assert first == [ids[0]] and sorted(together) == sorted(ids[1:]), "written together first"
+    assert sorted(alone) == sorted([eid] for eid in ids[1:]), "then each alone"
