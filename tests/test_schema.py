@@ -72,10 +72,10 @@ def _store_executions(conn, agent: str, status: str, count: int) -> list[str]:
 
 
 def test_writes_to_one_execution_find_it_by_primary_key_at_any_depth(services, make_agent):
-    """A claim, a terminal write (one run's, or eight together), a heartbeat and a parking stamp
-    read their rows, however many
-    executions are in flight: with the agent's 600 queued and 200 running, on the statistics
-    of an emptied table, each plan (for its values, and generic) goes in by the primary key."""
+    """A claim and a terminal write (one run's, or eight together), a heartbeat and a parking
+    stamp read their rows, however many executions are in flight: with the agent's 600 queued
+    and 200 running, on the statistics of an emptied table, each plan (for its values, and
+    generic) goes in by the primary key."""
     from shared.models import utcnow
     from shared.store import executions as store
 
@@ -91,11 +91,15 @@ def test_writes_to_one_execution_find_it_by_primary_key_at_any_depth(services, m
             finishes |= {f"{name}_{k}": None for name in store.OUTCOME_FIELDS}
             finishes |= {f"id_{k}": execution_id, f"attempt_{k}": 1, f"status_{k}": "completed"}
             finishes |= {f"content_{k}": "t", f"line_count_{k}": 1, f"truncated_{k}": False}
+        claims = {"now": now}
+        for k, execution_id in enumerate([target, *ids[201:208]]):
+            claims |= {f"id_{k}": execution_id, f"agent_{k}": "deep", f"worker_{k}": "w"}
+            claims |= {f"token_hash_{k}": None}
         writes = {
-            store._CLAIM_RETURNING: {"id": target, "agent": "deep", "now": now}
-            | {"worker": "w", "token_hash": None},
-            store._finish_sql(1): finishes,  # one run's terminal write
-            store._finish_sql(8): finishes,  # eight runs' together
+            store._runs_sql(1, store._CLAIM): claims,  # one run's claim
+            store._runs_sql(8, store._CLAIM): claims,  # eight runs' together
+            store._runs_sql(1, store._FINISH, store._SAVE_TRANSCRIPT): finishes,  # terminal writes
+            store._runs_sql(8, store._FINISH, store._SAVE_TRANSCRIPT): finishes,
             store._HEARTBEAT: {"id": target, "attempt": 1, "now": now},
             store._QUEUED: {"id": target, "now": now},
         }

@@ -10,7 +10,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -29,7 +29,7 @@ from shared.services import Services
 from shared.slots import Admission, decode_heads
 from shared.states import STOPPED_ERROR, AgentOutput, ExecutionStatus
 from shared.store import agents, executions
-from shared.store.executions import Claimed, Finish, Written
+from shared.store.executions import Claim, Claimed, Finish, Written
 from workers.control import StopListener
 from workers.drain import DRAIN_ERROR
 from workers.groups import GroupRegistry
@@ -39,6 +39,7 @@ from workers.stream_json import StreamJsonParser, TextParser, outcome_fields, pa
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 MAX_STORED_BYTES = 64 * 1024 * 1024  #: transcript bytes kept per execution, then a marker
 RETRY_FIRST_SECONDS = 0.1  #: first pause before the terminal write is tried again
@@ -153,8 +154,11 @@ class Executor:
         self._agents: dict[str, tuple[float, AgentConfig | None]] = {}
         self.stopping = threading.Event()  #: set when the worker shuts down: promote, not run
         self._inline = threading.local()  #: `until`: this thread's deadline for promoted runs
-        #: the terminal writes of runs this process's threads end at the same moment, together
-        self._finishes = Combiner(self._finish_together, executions.MOST_FINISHED_AT_ONCE)
+        #: the claims, and the terminal writes, this process's threads make at the same moment
+        #: are each made together, in one statement
+        most = executions.MOST_RUNS_AT_ONCE
+        self._claims = Combiner(self._together(executions.claim_together), most)
+        self._finishes = Combiner(self._together(executions.finish_together), most)
 
     @property
     def worker_id(self) -> str:
@@ -234,11 +238,7 @@ class Executor:
     def _claim(self, execution_id: str, config: AgentConfig, token: str) -> Claimed | None:
         """CAS pending -> running with the execution token's hash; None when the row was not
         ours to claim."""
-        return self._one_statement(
-            lambda conn: executions.claim_returning(
-                conn, execution_id, config.name, self.worker_id, hash_key(token)
-            )
-        )
+        return self._claims(Claim(execution_id, config.name, self.worker_id, hash_key(token)))
 
     def _release_unless_waiting(self, execution_id: str, config: AgentConfig) -> None:
         """After a lost claim: give the slot back unless the row still waits for this agent."""
@@ -424,27 +424,33 @@ class Executor:
             time.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
-    def _finish_together(self, runs: list[Finish]) -> list[Written | None | BaseException]:
-        """The terminal writes of runs that ended at the same moment, in one statement. If it
-        fails for another reason than the database being away, each is written alone, so
-        that a run's own failure fails no other run's write."""
-        try:
-            return list(self._finish(runs))
-        except psycopg.OperationalError:
-            raise  # each run's thread tries again while it holds its lease
-        except Exception:
-            if len(runs) == 1:
-                raise
-        outcomes: list[Written | None | BaseException] = []
-        for run in runs:
-            try:
-                outcomes.append(self._finish([run])[0])
-            except Exception as exc:
-                outcomes.append(exc)
-        return outcomes
+    def _together(
+        self, statement: Callable[[psycopg.Connection[Any], list[T]], Sequence[R]]
+    ) -> Callable[[list[T]], list[R | BaseException]]:
+        """The work of a combiner of runs' statements: `statement` for all of them at once. If
+        it fails for another reason than the database being away, it is made for each run
+        alone, so that a run's own failure fails no other's."""
 
-    def _finish(self, runs: list[Finish]) -> list[Written | None]:
-        return self._one_statement(lambda conn: executions.finish_together(conn, runs))
+        def run(items: list[T]) -> Sequence[R]:
+            return self._one_statement(lambda conn: statement(conn, items))
+
+        def work(items: list[T]) -> list[R | BaseException]:
+            try:
+                return list(run(items))
+            except psycopg.OperationalError:
+                raise  # each run's thread decides whether to try again
+            except Exception:
+                if len(items) == 1:
+                    raise
+            outcomes: list[R | BaseException] = []
+            for item in items:
+                try:
+                    outcomes += run([item])
+                except Exception as exc:
+                    outcomes.append(exc)
+            return outcomes
+
+        return work
 
 
 def unstartable(job: Job) -> str | None:

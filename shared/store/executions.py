@@ -4,10 +4,10 @@ paths: psycopg SQL), and the reaper's, rebuild's, stop's and the API's reads (SQ
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import psycopg
 from sqlalchemy import ColumnElement, Connection, String, and_, literal, or_, select, tuple_, update
@@ -142,54 +142,68 @@ _COPY = f"COPY executions ({', '.join(COLUMNS)}) FROM STDIN"
 # ix_executions_in_flight or ix_executions_status_created and read every in-flight row of the
 # agent, or every running row, for each claim and terminal write (2,000 queued: a claim cost
 # 560 µs of PostgreSQL CPU instead of 140). tests/test_schema.py checks the plans.
-_CLAIM_RETURNING = (
+#
+# A claim and a terminal write are each one run's; a worker process's threads that make them at
+# the same moment make them together (one statement, one commit): each run's own UPDATE, by
+# primary key alone as above (one UPDATE ... FROM a VALUES list was planned as a scan of the
+# table on thin statistics), its parameters suffixed with its place ({k}).
+_CLAIM = (
     "UPDATE executions SET status = 'running', attempt = attempt + 1, started_at = %(now)s,"
-    " heartbeat_at = %(now)s, worker_id = %(worker)s, token_hash = %(token_hash)s"
-    " WHERE id = %(id)s AND agent_name IS NOT DISTINCT FROM %(agent)s"
+    " heartbeat_at = %(now)s, worker_id = %(worker_{k})s, token_hash = %(token_hash_{k})s"
+    " WHERE id = %(id_{k})s AND agent_name IS NOT DISTINCT FROM %(agent_{k})s"
     " AND status IS NOT DISTINCT FROM 'pending'"
-    " RETURNING attempt, message, model, resume_session_id, chat_session_id, timeout_seconds,"
-    " triggered_by, created_at"
+    " RETURNING id, attempt, message, model, resume_session_id, chat_session_id,"
+    " timeout_seconds, triggered_by, created_at"
 )
-# The terminal write: CAS running(attempt) -> terminal, for one run or several at once (a worker
-# process's threads that finish at the same moment write together: one statement, one commit;
-# each run's UPDATE finds its row by primary key alone, as the other writes by id do: one
-# UPDATE ... FROM a VALUES list was planned as a scan of the table on thin statistics).
-# A stop accepted before this write wins over whatever the run produced (invariant 2,
-# docs/architecture.md). The execution token dies with the run: its hash is cleared (it
-# authenticates a running attempt only), which also spares its index an entry per run. The
-# transcript goes in with the write, in the same round trip, and only where it won.
-_FINISH_ONE = (
+# The terminal write. A stop accepted before it wins over whatever the run produced
+# (invariant 2, docs/architecture.md). The execution token dies with the run: its hash is
+# cleared (it authenticates a running attempt only), which also spares its index an entry
+# per run. The transcript goes in with the write, and only if it won.
+_FINISH = (
     "UPDATE executions SET"
-    " status = CASE WHEN cancel_requested_at IS NULL THEN %(status_K)s ELSE 'cancelled' END,"
-    " error = CASE WHEN cancel_requested_at IS NULL THEN %(error_K)s ELSE %(stopped)s END,"
+    " status = CASE WHEN cancel_requested_at IS NULL THEN %(status_{k})s ELSE 'cancelled' END,"
+    " error = CASE WHEN cancel_requested_at IS NULL THEN %(error_{k})s ELSE %(stopped)s END,"
     " completed_at = %(now)s, token_hash = NULL, "
-    + ", ".join(f"{name} = %({name}_K)s" for name in OUTCOME_FIELDS if name != "error")
-    + " WHERE id = %(id_K)s AND status IS NOT DISTINCT FROM 'running' AND attempt = %(attempt_K)s"
-    " RETURNING id, status, error, response"
+    + ", ".join(f"{name} = %({name}_{{k}})s" for name in OUTCOME_FIELDS if name != "error")
+    + " WHERE id = %(id_{k})s AND status IS NOT DISTINCT FROM 'running'"
+    " AND attempt = %(attempt_{k})s RETURNING id, status, error, response"
 )
-_SAVE_ONE = (
+_SAVE_TRANSCRIPT = (
     "INSERT INTO transcripts (execution_id, content, line_count, truncated)"
-    " SELECT id, %(content_K)s, %(line_count_K)s, %(truncated_K)s FROM doneK"
-    " WHERE %(content_K)s::text IS NOT NULL"
+    " SELECT id, %(content_{k})s, %(line_count_{k})s, %(truncated_{k})s FROM run{k}"
+    " WHERE %(content_{k})s::text IS NOT NULL"
 )
-#: Most terminal writes `finish_together` makes in one statement.
-MOST_FINISHED_AT_ONCE = 16
+#: Most runs `claim_together` and `finish_together` take in one statement.
+MOST_RUNS_AT_ONCE = 16
 
 
-@functools.lru_cache(maxsize=MOST_FINISHED_AT_ONCE)
-def _finish_sql(count: int) -> str:
-    """The terminal write of `count` runs (parameters suffixed with each one's place),
-    answering the written rows' columns as arrays."""
-    writes = ", ".join(
-        f"done{k} AS ({_FINISH_ONE.replace('_K)', f'_{k})')}),"
-        f" saved{k} AS ({_SAVE_ONE.replace('_K)', f'_{k})').replace('doneK', f'done{k}')})"
-        for k in range(count)
-    )
-    done = " UNION ALL ".join(f"SELECT * FROM done{k}" for k in range(count))
-    return (
-        f"WITH {writes} SELECT array_agg(id) AS ids, array_agg(status) AS statuses,"
-        f" array_agg(error) AS errors, array_agg(response) AS responses FROM ({done}) written"
-    )
+@functools.lru_cache(maxsize=4 * MOST_RUNS_AT_ONCE)
+def _runs_sql(count: int, write: str, then: str | None = None) -> str:
+    """One statement making `write` for `count` runs (and `then`, which reads the run's row
+    as `run{k}`), answering each column of the rows `write` returns as an array of them."""
+    parts = [f"run{k} AS ({write.format(k=k)})" for k in range(count)]
+    if then is not None:
+        parts += [f"then{k} AS ({then.format(k=k)})" for k in range(count)]
+    columns = write.rpartition(" RETURNING ")[2].split(", ")
+    rows = " UNION ALL ".join(f"SELECT * FROM run{k}" for k in range(count))
+    arrays = ", ".join(f"array_agg({column}) AS {column}" for column in columns)
+    return f"WITH {', '.join(parts)} SELECT {arrays} FROM ({rows}) runs"
+
+
+class _Run(Protocol):
+    @property
+    def execution_id(self) -> str: ...
+
+
+RunT = TypeVar("RunT", bound=_Run)
+AnswerT = TypeVar("AnswerT")
+
+
+def _by_id(row: Any) -> dict[str, tuple[Any, ...]]:
+    """The rows of a `_runs_sql` answer by id (its first column), each as a tuple."""
+    if row is None or row[0] is None:
+        return {}
+    return {values[0]: values for values in zip(*row, strict=True)}
 
 
 _HEARTBEAT = (
@@ -289,20 +303,38 @@ def insert_many(conn: psycopg.Connection[Any], rows: Sequence[dict[str, Any]]) -
             copy.write_row([row[column] for column in COLUMNS])
 
 
+class Claim(NamedTuple):
+    """One run's claim: the execution, of this agent, for this worker thread with the hash of
+    this attempt's execution token."""
+
+    execution_id: str
+    agent: str
+    worker_id: str
+    token_hash: str | None = None
+
+
 def claim_returning(
     conn: Conn, execution_id: str, agent: str, worker_id: str, token_hash: str | None = None
 ) -> Claimed | None:
     """CAS pending -> running, bumping the fencing token (attempt) and storing the hash of this
     attempt's execution token; returns what the run needs, or None when another claim won."""
-    params = {
-        "id": execution_id,
-        "agent": agent,
-        "now": utcnow(),
-        "worker": worker_id,
-        "token_hash": token_hash,
-    }
-    row = one(conn, _CLAIM_RETURNING, params)
-    return None if row is None else Claimed(*row)
+    return claim_together(conn, [Claim(execution_id, agent, worker_id, token_hash)])[0]
+
+
+def claim_together(conn: Conn, claims: Sequence[Claim]) -> list[Claimed | None]:
+    """The claims of several runs (at most MOST_RUNS_AT_ONCE) in one statement; what each won,
+    or None where another claim had won (of one execution claimed twice, the first)."""
+
+    def params(k: int, claim: Claim) -> dict[str, Any]:
+        return {
+            f"id_{k}": claim.execution_id,
+            f"agent_{k}": claim.agent,
+            f"worker_{k}": claim.worker_id,
+            f"token_hash_{k}": claim.token_hash,
+        }
+
+    sql = functools.partial(_runs_sql, write=_CLAIM)
+    return _each_run(conn, claims, sql, {"now": utcnow()}, params, lambda v: Claimed(*v[1:]))
 
 
 class Finish(NamedTuple):
@@ -331,29 +363,57 @@ def finish(
 
 
 def finish_together(conn: Conn, runs: Sequence[Finish]) -> list[Written | None]:
-    """The terminal writes of several runs (at most MOST_FINISHED_AT_ONCE, each execution once)
-    in one statement; each run's row as written, or None where it had moved on."""
-    params: dict[str, Any] = {"now": utcnow(), "stopped": STOPPED_ERROR}
-    for k, run in enumerate(runs):
+    """The terminal writes of several runs (at most MOST_RUNS_AT_ONCE) in one statement; each
+    run's row as written, or None where it had moved on."""
+
+    def params(k: int, run: Finish) -> dict[str, Any]:
         assert run.status.terminal
         content, lines, truncated = run.transcript or (None, None, None)
-        params.update((f"{c}_{k}", run.fields.get(c)) for c in OUTCOME_FIELDS)
-        params.update(
-            {
-                f"id_{k}": run.execution_id,
-                f"attempt_{k}": run.attempt,
-                f"status_{k}": run.status.value,
-                f"content_{k}": content,
-                f"line_count_{k}": lines,
-                f"truncated_{k}": truncated,
-            }
-        )
-    row = one(conn, _finish_sql(len(runs)), params)
-    written = {}
-    if row is not None and row.ids is not None:
-        for values in zip(row.ids, row.statuses, row.errors, row.responses, strict=True):
-            written[values[0]] = Written(*values)
-    return [written.get(run.execution_id) for run in runs]
+        return {f"{c}_{k}": run.fields.get(c) for c in OUTCOME_FIELDS} | {
+            f"id_{k}": run.execution_id,
+            f"attempt_{k}": run.attempt,
+            f"status_{k}": run.status.value,
+            f"content_{k}": content,
+            f"line_count_{k}": lines,
+            f"truncated_{k}": truncated,
+        }
+
+    sql = functools.partial(_runs_sql, write=_FINISH, then=_SAVE_TRANSCRIPT)
+    shared = {"now": utcnow(), "stopped": STOPPED_ERROR}
+    return _each_run(conn, runs, sql, shared, params, lambda values: Written(*values))
+
+
+def _each_run(
+    conn: Conn,
+    runs: Sequence[RunT],
+    sql: Callable[[int], str],
+    shared: dict[str, Any],
+    params: Callable[[int, RunT], dict[str, Any]],
+    make: Callable[[tuple[Any, ...]], AnswerT],
+) -> list[AnswerT | None]:
+    """Make each run's statement (`sql` of the number of runs, with the `shared` parameters and
+    each run's own `params`), all in one; `make` turns each run's returned row into its answer
+    (None: no row). An execution that is twice among `runs` (a message delivered twice, to two
+    threads) goes in a statement after the first's, so that it sees the first's outcome: one
+    statement does not see its own writes."""
+    answers: list[AnswerT | None] = [None] * len(runs)
+    waiting = list(enumerate(runs))
+    while waiting:
+        batch: list[tuple[int, RunT]] = []
+        later: list[tuple[int, RunT]] = []
+        ids: set[str] = set()
+        for place, run in waiting:
+            (later if run.execution_id in ids else batch).append((place, run))
+            ids.add(run.execution_id)
+        values = dict(shared)
+        for k, (_, run) in enumerate(batch):
+            values.update(params(k, run))
+        rows = _by_id(one(conn, sql(len(batch)), values))
+        for place, run in batch:
+            row = rows.get(run.execution_id)
+            answers[place] = None if row is None else make(row)
+        waiting = later
+    return answers
 
 
 def heartbeat(

@@ -1,12 +1,15 @@
-"""Terminal writes made together: the runs a worker process's threads end at the same moment
-are written in one statement (`executions.finish_together`), and each run still gets exactly
-the outcome its own write would have had: its CAS, a stop accepted before it, its transcript,
-or its own failure."""
+"""Claims and terminal writes made together: the runs a worker process's threads claim, or
+end, at the same moment are claimed, or written, in one statement
+(`executions.claim_together`, `executions.finish_together`), and each run still gets exactly
+the outcome its own statement would have had: its CAS, a stop accepted before it, its
+transcript, or its own failure; an execution claimed twice at once runs once."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,7 +21,7 @@ from shared.models import Execution, Transcript
 from shared.services import Services
 from shared.states import STOPPED_ERROR, ExecutionStatus
 from shared.store import executions
-from shared.store.executions import Finish
+from shared.store.executions import Claim, Finish
 from tests.conftest import statuses
 from workers.executor import Executor
 
@@ -75,35 +78,101 @@ def test_each_run_written_together_gets_its_own_outcome(services, make_agent):
     assert all(rows[eid].completed_at is not None for eid in (won, stopped, bare))
 
 
-class Held:
-    """Wraps `executions.finish_together`: its first call waits until `others` more runs wait
-    for the next statement; records the runs of every call."""
+def _starts(record: Path, message: str) -> int:
+    """How many times the demo agent started on this message."""
+    events = [json.loads(line) for line in record.read_text().splitlines()]
+    return sum(e["event"] == "start" and e["message"] == message for e in events)
 
-    def __init__(self, executor: Executor, others: int):
-        self.real = executions.finish_together
-        self.executor = executor
+
+def test_each_run_claimed_together_gets_its_own_outcome(services, make_agent):
+    """Five claims in one call: one wins; one of a running execution, one naming another
+    agent and one of no execution lose; the same execution claimed a second time loses to
+    the first."""
+    make_agent("demo", max_parallel_tasks=5)
+    make_agent("other")
+    won, running, elsewhere = (
+        submit_execution(services, "demo", f"claim {i}").execution.id for i in range(3)
+    )
+    with services.connections.connection() as conn:
+        executions.claim_returning(conn, running, "demo", "earlier", None)
+        claimed = executions.claim_together(
+            conn,
+            [
+                Claim(won, "demo", "w1", "a" * 64),
+                Claim(running, "demo", "w2", "b" * 64),
+                Claim(elsewhere, "other", "w3", "c" * 64),
+                Claim("0" * 26, "demo", "w4", "d" * 64),
+                Claim(won, "demo", "w5", "e" * 64),
+            ],
+        )
+    first, *lost = claimed
+    assert first is not None and (first.attempt, first.message) == (1, "claim 0")
+    assert lost == [None] * 4
+    with services.Session() as session:
+        rows = {eid: session.get(Execution, eid) for eid in (won, running, elsewhere)}
+    assert (rows[won].status, rows[won].worker_id, rows[won].token_hash) == (
+        "running",
+        "w1",
+        "a" * 64,
+    )
+    assert (rows[running].attempt, rows[running].worker_id) == (1, "earlier")
+    assert rows[elsewhere].status == "pending"
+
+
+def test_runs_a_worker_claims_at_once_are_claimed_together_and_a_duplicate_runs_once(
+    settings, services, make_agent, monkeypatch, tmp_path
+):
+    """While one thread's claim is under way, three more messages come: two executions and a
+    second delivery of one of them. The three claims go in one call; the duplicate loses to
+    the first delivery, so that execution runs once; all three run to completion."""
+    make_agent("demo", max_parallel_tasks=4)
+    ids = [submit_execution(services, "demo", f"claimed {i}").execution.id for i in range(3)]
+    worker = Services(settings, pool_size=4, pre_ping=False, autocommit=True)
+    held = Held(monkeypatch, "claim_together", others=3)
+    executor = held.executor = Executor(worker)
+    try:
+        raised = _run_all(executor, [ids[0], ids[1], ids[2], ids[1]], held)
+    finally:
+        worker.close()
+    assert raised == dict.fromkeys(ids)
+    assert held.calls[0] == [ids[0]] and sorted(held.calls[1]) == sorted([ids[1], ids[1], ids[2]])
+    assert statuses(services, ids) == dict.fromkeys(ids, "completed")
+    assert [_starts(tmp_path / "demo.record", f"claimed {i}") for i in range(3)] == [1, 1, 1]
+
+
+class Held:
+    """Wraps a statement of the store (`claim_together` or `finish_together`): its first call
+    waits until `others` more runs wait for the next one; records the runs of every call."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, statement: str, others: int):
+        self.real = getattr(executions, statement)
+        self.combiner = {"claim_together": "_claims", "finish_together": "_finishes"}[statement]
+        self.executor: Executor | None = None  #: the executor whose combiner to watch
         self.others = others
         self.calls: list[list[str]] = []
+        monkeypatch.setattr(executions, statement, self)
 
-    def __call__(self, conn: Any, runs: list[Finish]) -> Any:
+    def __call__(self, conn: Any, runs: list[Any]) -> Any:
         self.calls.append([run.execution_id for run in runs])
         if len(self.calls) == 1:
+            assert self.executor is not None
+            waiting = getattr(self.executor, self.combiner)._waiting
             deadline = time.monotonic() + 20
-            while len(self.executor._finishes._waiting) < self.others:
-                assert time.monotonic() < deadline, "the other runs never came to be written"
+            while len(waiting) < self.others:
+                assert time.monotonic() < deadline, "the other runs never came"
                 time.sleep(0.01)
         return self.real(conn, runs)
 
 
 def _run_all(executor: Executor, ids: list[str], held: Held) -> dict[str, BaseException | None]:
-    """Handle each execution on a thread of its own, the first alone until its terminal write
-    has begun; what each raised."""
+    """Handle each message on a thread of its own, the first alone until its held statement
+    has begun; what each raised (by execution)."""
     raised: dict[str, BaseException | None] = {}
 
     def handle(eid: str) -> None:
         try:
             executor.handle(eid, "demo")
-            raised[eid] = None
+            raised.setdefault(eid, None)
         except BaseException as exc:
             raised[eid] = exc
 
@@ -127,9 +196,8 @@ def test_runs_a_worker_ends_at_once_are_written_in_one_statement(
     make_agent("demo", max_parallel_tasks=4)
     ids = [submit_execution(services, "demo", f"together {i}").execution.id for i in range(4)]
     worker = Services(settings, pool_size=4, pre_ping=False, autocommit=True)
-    executor = Executor(worker)
-    held = Held(executor, others=3)
-    monkeypatch.setattr(executions, "finish_together", held)
+    held = Held(monkeypatch, "finish_together", others=3)
+    executor = held.executor = Executor(worker)
     try:
         raised = _run_all(executor, ids, held)
     finally:
@@ -164,9 +232,8 @@ def test_a_run_whose_write_fails_fails_no_other_run_written_with_it(
             )
         )
     worker = Services(settings, pool_size=4, pre_ping=False, autocommit=True)
-    executor = Executor(worker)
-    held = Held(executor, others=3)
-    monkeypatch.setattr(executions, "finish_together", held)
+    held = Held(monkeypatch, "finish_together", others=3)
+    executor = held.executor = Executor(worker)
     try:
         raised = _run_all(executor, ids, held)
     finally:
