@@ -127,13 +127,7 @@ def test_runs_a_worker_claims_at_once_are_claimed_together_and_a_duplicate_runs_
     the first delivery, so that execution runs once; all three run to completion."""
     make_agent("demo", max_parallel_tasks=4)
     ids = [submit_execution(services, "demo", f"claimed {i}").execution.id for i in range(3)]
-    worker = Services(settings, pool_size=4, pre_ping=False, autocommit=True)
-    held = Held(monkeypatch, "claim_together", others=3)
-    executor = held.executor = Executor(worker)
-    try:
-        raised = _run_all(executor, [ids[0], ids[1], ids[2], ids[1]], held)
-    finally:
-        worker.close()
+    raised, held = _run_held(settings, monkeypatch, "claim_together", [*ids, ids[1]])
     assert raised == dict.fromkeys(ids)
     assert held.calls[0] == [ids[0]] and sorted(held.calls[1]) == sorted([ids[1], ids[1], ids[2]])
     assert statuses(services, ids) == dict.fromkeys(ids, "completed")
@@ -164,9 +158,15 @@ class Held:
         return self.real(conn, runs)
 
 
-def _run_all(executor: Executor, ids: list[str], held: Held) -> dict[str, BaseException | None]:
-    """Handle each message on a thread of its own, the first alone until its held statement
-    has begun; what each raised (by execution)."""
+def _run_held(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, statement: str, ids: list[str]
+) -> tuple[dict[str, BaseException | None], Held]:
+    """Handle each message (an execution id) on a thread of its own, in one worker process
+    whose `statement` holds its first call until every other message's run waits for it; the
+    first starts alone. What each raised (by execution), and the statement's calls."""
+    worker = Services(settings, pool_size=len(ids), pre_ping=False, autocommit=True)
+    held = Held(monkeypatch, statement, others=len(ids) - 1)
+    executor = held.executor = Executor(worker)
     raised: dict[str, BaseException | None] = {}
 
     def handle(eid: str) -> None:
@@ -177,15 +177,18 @@ def _run_all(executor: Executor, ids: list[str], held: Held) -> dict[str, BaseEx
             raised[eid] = exc
 
     threads = [threading.Thread(target=handle, args=(eid,)) for eid in ids]
-    threads[0].start()
-    deadline = time.monotonic() + 20
-    while not held.calls and time.monotonic() < deadline:
-        time.sleep(0.01)
-    for thread in threads[1:]:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    return raised
+    try:
+        threads[0].start()
+        deadline = time.monotonic() + 20
+        while not held.calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for thread in threads[1:]:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        worker.close()
+    return raised, held
 
 
 def test_runs_a_worker_ends_at_once_are_written_in_one_statement(
@@ -195,13 +198,7 @@ def test_runs_a_worker_ends_at_once_are_written_in_one_statement(
     other three wait, and then go in one statement; all four are stored in full."""
     make_agent("demo", max_parallel_tasks=4)
     ids = [submit_execution(services, "demo", f"together {i}").execution.id for i in range(4)]
-    worker = Services(settings, pool_size=4, pre_ping=False, autocommit=True)
-    held = Held(monkeypatch, "finish_together", others=3)
-    executor = held.executor = Executor(worker)
-    try:
-        raised = _run_all(executor, ids, held)
-    finally:
-        worker.close()
+    raised, held = _run_held(settings, monkeypatch, "finish_together", ids)
     assert raised == dict.fromkeys(ids)
     assert held.calls[0] == [ids[0]] and sorted(held.calls[1]) == sorted(ids[1:])
     assert len(held.calls) == 2
@@ -231,13 +228,9 @@ def test_a_run_whose_write_fails_fails_no_other_run_written_with_it(
                 " FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
             )
         )
-    worker = Services(settings, pool_size=4, pre_ping=False, autocommit=True)
-    held = Held(monkeypatch, "finish_together", others=3)
-    executor = held.executor = Executor(worker)
     try:
-        raised = _run_all(executor, ids, held)
+        raised, held = _run_held(settings, monkeypatch, "finish_together", ids)
     finally:
-        worker.close()
         with services.engine.begin() as conn:
             conn.execute(text("DROP TRIGGER refuse_poison ON transcripts"))
             conn.execute(text("DROP FUNCTION refuse_poison()"))
