@@ -86,7 +86,12 @@ class DirectConnections:
     SQLAlchemy's pool around psycopg's own connection it saves ~45 us of client CPU per
     submission (measured: 325 us, 285 with it), and against SQLAlchemy Core's execute ~90 us
     more per statement. LIFO: a busy process keeps reusing its few warm connections, whose
-    statements psycopg has prepared.
+    statements psycopg has prepared. Each statement runs on its generic plan, made once per
+    connection (plan_cache_mode): these statements find their rows by key whatever their
+    values (tests/test_schema.py checks the plans), and the statements of several runs or
+    submissions together come in one shape per count, which PostgreSQL by default planned for
+    its values five times each per connection (PostgreSQL's CPU per execution in
+    bench/throughput.py: 0.47-0.50 ms that way, 0.40 this way).
 
     `ping`: a connection idle for more than PING_AFTER_IDLE_SECONDS is checked before use and
     replaced when it no longer answers (a PostgreSQL restart costs no request: API and
@@ -120,7 +125,9 @@ class DirectConnections:
             try:
                 conn, since = self._idle.pop()  # atomic: no lock needed
             except IndexError:
-                return psycopg.connect(self._conninfo, autocommit=True)
+                conn = psycopg.connect(self._conninfo, autocommit=True)
+                conn.execute("SET plan_cache_mode = force_generic_plan")
+                return conn
             if not self._ping or time.monotonic() - since <= PING_AFTER_IDLE_SECONDS:
                 return conn
             from shared.store import ping_connection  # the store imports this module
