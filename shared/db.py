@@ -91,7 +91,7 @@ class DirectConnections:
     values (tests/test_schema.py checks the plans), and the statements of several runs or
     submissions together come in one shape per count, which PostgreSQL by default planned for
     its values five times each per connection (PostgreSQL's CPU per execution in
-    bench/throughput.py: 0.47-0.50 ms that way, 0.40 this way).
+    bench/throughput.py: 0.47-0.50 ms that way, 0.40-0.45 this way).
 
     `ping`: a connection idle for more than PING_AFTER_IDLE_SECONDS is checked before use and
     replaced when it no longer answers (a PostgreSQL restart costs no request: API and
