@@ -169,9 +169,7 @@ def _follow_last_turn(
         row["held_for"], row["queued_at"] = last.id, row["created_at"]
 
 
-def _store(
-    services: Services, row: dict[str, Any], chat: ChatTurn | None
-) -> tuple[Any, tuple[int | None, bool | None] | None]:
+def _store(services: Services, row: dict[str, Any], chat: ChatTurn | None) -> Stored:
     """Store the row (filling in its model and queued_at); return its agent's settings and,
     when it was stored with others (below), its FIFO place and whether it was published.
 
@@ -185,7 +183,7 @@ def _store(
     if fast and not _small_limit(services, name):
         stored: Stored = _together(services)(row)
         if stored.placed is not None:
-            return stored.agent, stored.placed
+            return stored
         agent = stored.agent
     else:
         with services.connections.connection() as conn:
@@ -196,15 +194,15 @@ def _store(
     validate_timeout(timeout, agent)
     row["model"] = row["model"] or agent.default_model
     _insert_exactly(services, agent, row, chat)
-    return agent, None
+    return Stored(agent, None)
 
 
 _MAKING = threading.Lock()
 
 
 class Stored(NamedTuple):
-    """A row the lock-free path handled: its agent's settings and, if it stored the row, its
-    FIFO place and publication (None: not stored; the locked path decides)."""
+    """A row's agent's settings and, if the lock-free path stored it, its FIFO place and
+    publication (None: stored by the locked path, or not yet: the locked path decides)."""
 
     agent: Any
     placed: tuple[int | None, bool | None] | None
@@ -218,7 +216,7 @@ def _together(services: Services) -> Combiner[dict[str, Any], Stored]:
                 services.submissions = Combiner(
                     lambda rows: _store_rows(services, rows), most=executions.MOST_AT_ONCE
                 )
-    return services.submissions  # type: ignore[no-any-return]
+    return services.submissions
 
 
 def _store_rows(services: Services, rows: list[dict[str, Any]]) -> list[Stored | Exception]:
@@ -347,11 +345,11 @@ def submit_execution(
         parent_execution_id=parent_execution_id,
         api_key_id=api_key_id,
     )
-    agent, placed = _store(services, row, chat)
-    execution = NewExecution(**row)
+    stored = _store(services, row, chat)
+    agent, execution = stored.agent, NewExecution(**row)
     if execution.held_for is not None:  # the end of the turn before it releases it
         return Submitted(execution, None, Publication.held)
-    position, published = placed or dispatch.enqueue(
+    position, published = stored.placed or dispatch.enqueue(
         services, agent.name, execution.id, execution.created_at, agent.max_parallel_tasks
     )
     return Submitted(execution, position, Publication.of(published))

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broker import BatchPublisher, execution_message, make_broker, publish
+from shared.combine import Combiner
 from shared.db import DirectConnections, make_engine, make_sessionmaker
 from shared.script_batch import close_lanes
 from shared.settings import Settings
@@ -36,7 +37,7 @@ class Services:
     #: (their submissions go straight to the locked path: producer/submit.py)
     small_limits: dict[str, float] = field(default_factory=dict, repr=False)
     #: the producer's combiner of concurrent lock-free submissions (producer/submit.py)
-    submissions: Any = field(default=None, repr=False)
+    submissions: Combiner[Any, Any] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @cached_property

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -157,8 +158,8 @@ class Executor:
         #: the claims, and the terminal writes, this process's threads make at the same moment
         #: are each made together, in one statement
         most = executions.MOST_RUNS_AT_ONCE
-        self._claims = Combiner(self._together(executions.claim_together), most)
-        self._finishes = Combiner(self._together(executions.finish_together), most)
+        self._claims = Combiner(partial(self._together, executions.claim_together), most)
+        self._finishes = Combiner(partial(self._together, executions.finish_together), most)
 
     @property
     def worker_id(self) -> str:
@@ -425,32 +426,25 @@ class Executor:
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     def _together(
-        self, statement: Callable[[psycopg.Connection[Any], list[T]], Sequence[R]]
-    ) -> Callable[[list[T]], list[R | BaseException]]:
-        """The work of a combiner of runs' statements: `statement` for all of them at once. If
-        it fails for another reason than the database being away, it is made for each run
-        alone, so that a run's own failure fails no other's."""
-
-        def run(items: list[T]) -> Sequence[R]:
-            return self._one_statement(lambda conn: statement(conn, items))
-
-        def work(items: list[T]) -> list[R | BaseException]:
+        self, statement: Callable[[psycopg.Connection[Any], list[T]], Sequence[R]], items: list[T]
+    ) -> list[R | BaseException]:
+        """A combiner's work: `statement` for all its runs' items at once. If it fails for
+        another reason than the database being away, it is made for each item alone, so that
+        a run's own failure fails no other's."""
+        try:
+            return list(self._one_statement(lambda conn: statement(conn, items)))
+        except psycopg.OperationalError:
+            raise  # each run's thread decides whether to try again
+        except Exception:
+            if len(items) == 1:
+                raise
+        outcomes: list[R | BaseException] = []
+        for item in items:
             try:
-                return list(run(items))
-            except psycopg.OperationalError:
-                raise  # each run's thread decides whether to try again
-            except Exception:
-                if len(items) == 1:
-                    raise
-            outcomes: list[R | BaseException] = []
-            for item in items:
-                try:
-                    outcomes += run([item])
-                except Exception as exc:
-                    outcomes.append(exc)
-            return outcomes
-
-        return work
+                outcomes += self._together(statement, [item])
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
 
 def unstartable(job: Job) -> str | None:
